@@ -1,0 +1,93 @@
+//! The admin plane (plain HTTP, never behind JWT auth): `/healthz`,
+//! `/readyz` (a JSON body naming every check, never a secret) and
+//! `/metrics` (Prometheus text).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use serde_json::json;
+
+use crate::App;
+use crate::secrets::SecretState;
+
+pub async fn handle<B>(app: Arc<App>, req: Request<B>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
+    }
+    match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => readyz(&app).await,
+        "/metrics" => {
+            let mut r = text(StatusCode::OK, &app.metrics.encode());
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+async fn readyz(app: &App) -> Response<Full<Bytes>> {
+    let audit_ok = app.audit.recover().await;
+    let states = app.secrets.states();
+    let mut projects = BTreeMap::new();
+    for p in &app.config.projects {
+        let st = states
+            .get(&p.secret_path)
+            .copied()
+            .unwrap_or(SecretState::Unknown);
+        projects.insert(p.alias.clone(), st);
+    }
+    // One project's missing secret leaves the pod ready; a backend that
+    // serves no project at all does not.
+    let any_secret = projects.is_empty()
+        || projects
+            .values()
+            .any(|s| matches!(s, SecretState::Ok | SecretState::Stale));
+    let issuers: BTreeMap<_, _> = app
+        .config
+        .auth
+        .issuers
+        .iter()
+        .map(|i| (i.issuer.clone(), "ok"))
+        .collect();
+    let ready = audit_ok && any_secret;
+    let body = json!({
+        "ready": ready,
+        "checks": {
+            "config": "ok",
+            "audit_file": if audit_ok { "ok" } else { "unwritable" },
+            "secrets": projects,
+            "secrets_backend": if any_secret { "ok" } else { "no_project_secret_available" },
+            "issuers": issuers,
+        }
+    });
+    let mut r = text(
+        if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        &format!("{body}\n"),
+    );
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}

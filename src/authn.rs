@@ -1,0 +1,414 @@
+//! Step 1 of the request path: authenticate the caller's JWT.
+//!
+//! The token comes only from the `Authorization: Bearer` header. Everything
+//! that decides acceptance comes from config, never from the token: the
+//! issuer is looked up by `iss`, the algorithm must be one that issuer pins,
+//! and the key must be one of that issuer's. jsonwebtoken verifies the
+//! signature with a `Validation` built from the issuer's config; this module
+//! adds what jsonwebtoken leaves out (size cap, duplicate names, `crit`,
+//! claim JSON types, `iat` in the future, the lifetime cap, the team claim).
+
+pub mod keys;
+
+use std::collections::HashSet;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
+use serde_json::Value;
+
+use crate::config::AuthConfig;
+use crate::json::{Members, parse_object};
+
+/// Tokens longer than this are refused before any decoding.
+pub const MAX_TOKEN_BYTES: usize = 8192;
+
+/// A caller whose token verified.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Principal {
+    pub iss: String,
+    pub sub: String,
+    /// Every team the team claim names (a string or an array of strings).
+    pub teams: Vec<String>,
+    pub jti: Option<String>,
+    pub exp: i64,
+    /// Request-binding claims, when the token carries them.
+    pub binding: Binding,
+}
+
+/// The request-binding claims `htm`, `htu`, `bh` (after DPoP).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Binding {
+    pub htm: Option<String>,
+    pub htu: Option<String>,
+    pub bh: Option<String>,
+}
+
+/// What a rejected token claimed (kept apart from the verified caller).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Unverified {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alg: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No usable `Authorization: Bearer` credential.
+    Missing,
+    Invalid,
+    Expired,
+}
+
+/// Why a caller was not authenticated. `detail` is a short machine word
+/// (`bad_signature`, `audience`, …); nothing here holds token bytes.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("token rejected: {detail}")]
+pub struct AuthError {
+    pub kind: AuthFailure,
+    pub detail: &'static str,
+    pub unverified: Option<Unverified>,
+}
+
+impl AuthError {
+    fn missing(detail: &'static str) -> Self {
+        AuthError {
+            kind: AuthFailure::Missing,
+            detail,
+            unverified: None,
+        }
+    }
+    fn invalid(detail: &'static str) -> Self {
+        AuthError {
+            kind: AuthFailure::Invalid,
+            detail,
+            unverified: None,
+        }
+    }
+    fn with(mut self, u: &Unverified) -> Self {
+        self.unverified = Some(u.clone());
+        self
+    }
+}
+
+struct Issuer {
+    name: String,
+    algorithms: Vec<Algorithm>,
+    keys: Vec<DecodingKey>,
+    validation: Validation,
+}
+
+/// Verifies caller tokens against the configured issuers.
+pub struct Authenticator {
+    issuers: Vec<Issuer>,
+    leeway_s: i64,
+    max_lifetime_s: i64,
+    team_claim: String,
+}
+
+impl Authenticator {
+    /// Loads every issuer's keys; fails on the first unusable key file.
+    pub fn new(auth: &AuthConfig) -> Result<Self, keys::KeyError> {
+        let mut issuers = Vec::new();
+        for iss in &auth.issuers {
+            let keys = iss
+                .public_keys
+                .iter()
+                .map(|p| keys::load_public_key(p, &iss.algorithms))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut validation = Validation::new(iss.algorithms[0]);
+            validation.algorithms = iss.algorithms.clone();
+            validation.required_spec_claims = ["exp", "iss", "aud", "sub"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<HashSet<_>>();
+            validation.leeway = auth.leeway_s;
+            validation.validate_exp = true;
+            validation.validate_nbf = true;
+            validation.validate_aud = true;
+            validation.set_issuer(&[iss.issuer.as_str()]);
+            validation.set_audience(&auth.audiences);
+            issuers.push(Issuer {
+                name: iss.issuer.clone(),
+                algorithms: iss.algorithms.clone(),
+                keys,
+                validation,
+            });
+        }
+        Ok(Authenticator {
+            issuers,
+            leeway_s: i64::try_from(auth.leeway_s).unwrap_or(i64::MAX),
+            max_lifetime_s: i64::try_from(auth.max_token_lifetime_s).unwrap_or(i64::MAX),
+            team_claim: auth.team_claim.clone(),
+        })
+    }
+
+    /// Authenticates the request's `Authorization` headers at the current time.
+    pub fn authenticate(
+        &self,
+        headers: &http::HeaderMap,
+    ) -> Result<(Principal, String), AuthError> {
+        let token = bearer(headers)?;
+        let principal = self.verify(&token, now_s())?;
+        Ok((principal, token))
+    }
+
+    /// Verifies one compact JWS at time `now` (seconds since the epoch).
+    pub fn verify(&self, token: &str, now: i64) -> Result<Principal, AuthError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::invalid("too_large"));
+        }
+        let parts: Vec<&str> = token.split('.').collect();
+        if parts.len() != 3 {
+            return Err(AuthError::invalid("malformed"));
+        }
+        if parts.iter().any(|p| p.is_empty() || !is_b64url(p)) {
+            return Err(AuthError::invalid("malformed"));
+        }
+        let header = decode_part(parts[0])?;
+        let payload = decode_part(parts[1])?;
+        let unverified = Unverified {
+            iss: str_member(&payload, "iss"),
+            kid: str_member(&header, "kid"),
+            alg: str_member(&header, "alg"),
+        };
+        let fail = |d: &'static str| AuthError::invalid(d).with(&unverified);
+
+        // Header: we implement no JWS extension, so any `crit` is fatal
+        // (RFC 7515 §4.1.11). `jku`, `x5u`, `x5c`, `jwk` are never used.
+        if header.get("crit").is_some() {
+            return Err(fail("crit_unsupported"));
+        }
+        if header.get("enc").is_some() || header.get("zip").is_some() {
+            return Err(fail("encrypted_token"));
+        }
+        let alg_name = match header.get("alg") {
+            Some(Value::String(s)) => s.as_str(),
+            _ => return Err(fail("alg_missing")),
+        };
+        if !matches!(header.get("kid"), None | Some(Value::String(_))) {
+            return Err(fail("kid_type"));
+        }
+        let claims = check_claim_types(&payload).map_err(&fail)?;
+
+        let issuer = self
+            .issuers
+            .iter()
+            .find(|i| i.name == claims.iss)
+            .ok_or_else(|| fail("issuer"))?;
+        let alg = alg_name
+            .parse::<Algorithm>()
+            .ok()
+            .filter(|a| issuer.algorithms.contains(a))
+            .ok_or_else(|| fail("alg_not_allowed"))?;
+        let family = keys::family_of(alg);
+        let candidates: Vec<&DecodingKey> = issuer
+            .keys
+            .iter()
+            .filter(|k| k.family() == family)
+            .collect();
+        if candidates.is_empty() {
+            return Err(fail("unknown_kid"));
+        }
+        let mut verified = false;
+        for key in candidates {
+            match jsonwebtoken::decode::<Value>(token, key, &issuer.validation) {
+                Ok(_) => {
+                    verified = true;
+                    break;
+                }
+                Err(e) => match e.kind() {
+                    ErrorKind::InvalidSignature
+                    | ErrorKind::InvalidEcdsaKey
+                    | ErrorKind::InvalidEddsaKey
+                    | ErrorKind::InvalidRsaKey(_) => continue,
+                    ErrorKind::ExpiredSignature => {
+                        return Err(AuthError {
+                            kind: AuthFailure::Expired,
+                            detail: "expired",
+                            unverified: Some(unverified),
+                        });
+                    }
+                    ErrorKind::ImmatureSignature => return Err(fail("nbf_future")),
+                    ErrorKind::InvalidAudience => return Err(fail("audience")),
+                    ErrorKind::InvalidIssuer => return Err(fail("issuer")),
+                    ErrorKind::InvalidAlgorithm => return Err(fail("alg_not_allowed")),
+                    ErrorKind::MissingRequiredClaim(_) => return Err(fail("missing_claim")),
+                    _ => return Err(fail("malformed")),
+                },
+            }
+        }
+        if !verified {
+            return Err(fail("bad_signature"));
+        }
+
+        // What jsonwebtoken does not check.
+        if let Some(iat) = claims.iat
+            && iat > now.saturating_add(self.leeway_s)
+        {
+            return Err(fail("iat_future"));
+        }
+        if let Some(nbf) = claims.nbf
+            && nbf > now.saturating_add(self.leeway_s)
+        {
+            return Err(fail("nbf_future"));
+        }
+        if claims.exp.saturating_add(self.leeway_s) < now {
+            return Err(AuthError {
+                kind: AuthFailure::Expired,
+                detail: "expired",
+                unverified: Some(unverified),
+            });
+        }
+        let start = claims.iat.unwrap_or(now);
+        if claims.exp.saturating_sub(start) > self.max_lifetime_s {
+            return Err(fail("lifetime"));
+        }
+        let teams = match payload.get(&self.team_claim) {
+            Some(Value::String(s)) if !s.is_empty() => vec![s.clone()],
+            Some(Value::Array(items)) if !items.is_empty() => {
+                let mut out = Vec::new();
+                for item in items {
+                    match item {
+                        Value::String(s) if !s.is_empty() => out.push(s.clone()),
+                        _ => return Err(fail("team_claim")),
+                    }
+                }
+                out
+            }
+            _ => return Err(fail("team_claim")),
+        };
+        Ok(Principal {
+            iss: claims.iss,
+            sub: claims.sub,
+            teams,
+            jti: claims.jti,
+            exp: claims.exp,
+            binding: claims.binding,
+        })
+    }
+}
+
+/// Registered claims with the JSON types RFC 7519 gives them.
+struct Claims {
+    iss: String,
+    sub: String,
+    exp: i64,
+    nbf: Option<i64>,
+    iat: Option<i64>,
+    jti: Option<String>,
+    binding: Binding,
+}
+
+fn check_claim_types(p: &Members) -> Result<Claims, &'static str> {
+    let string = |name: &'static str| -> Result<Option<String>, &'static str> {
+        match p.get(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(name_type(name)),
+        }
+    };
+    let int = |name: &'static str| -> Result<Option<i64>, &'static str> {
+        match p.get(name) {
+            None => Ok(None),
+            Some(Value::Number(n)) => n.as_i64().map(Some).ok_or(name_type(name)),
+            Some(_) => Err(name_type(name)),
+        }
+    };
+    let iss = string("iss")?
+        .filter(|s| !s.is_empty())
+        .ok_or("missing_claim")?;
+    let sub = string("sub")?
+        .filter(|s| !s.is_empty())
+        .ok_or("missing_claim")?;
+    match p.get("aud") {
+        Some(Value::String(_)) => {}
+        Some(Value::Array(a)) if !a.is_empty() && a.iter().all(Value::is_string) => {}
+        Some(_) => return Err("aud_type"),
+        None => return Err("missing_claim"),
+    }
+    let exp = int("exp")?.ok_or("missing_claim")?;
+    Ok(Claims {
+        iss,
+        sub,
+        exp,
+        nbf: int("nbf")?,
+        iat: int("iat")?,
+        jti: string("jti")?,
+        binding: Binding {
+            htm: string("htm")?,
+            htu: string("htu")?,
+            bh: string("bh")?,
+        },
+    })
+}
+
+fn name_type(name: &str) -> &'static str {
+    match name {
+        "iss" => "iss_type",
+        "sub" => "sub_type",
+        "exp" => "exp_type",
+        "nbf" => "nbf_type",
+        "iat" => "iat_type",
+        "jti" => "jti_type",
+        _ => "binding_claim_type",
+    }
+}
+
+fn decode_part(part: &str) -> Result<Members, AuthError> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| AuthError::invalid("malformed"))?;
+    parse_object(&bytes).map_err(|e| match e {
+        crate::json::JsonError::DuplicateMember => AuthError::invalid("duplicate_member"),
+        _ => AuthError::invalid("malformed"),
+    })
+}
+
+fn str_member(m: &Members, name: &str) -> Option<String> {
+    match m.get(name) {
+        // What a rejected token claimed is recorded, bounded.
+        Some(Value::String(s)) => Some(s.chars().take(256).collect()),
+        _ => None,
+    }
+}
+
+fn is_b64url(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Extracts the bearer token. Exactly one `Authorization` header with the
+/// `Bearer` scheme (case-insensitive) and a non-empty token.
+pub fn bearer(headers: &http::HeaderMap) -> Result<String, AuthError> {
+    let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+    let value = values
+        .next()
+        .ok_or_else(|| AuthError::missing("no_authorization"))?;
+    if values.next().is_some() {
+        return Err(AuthError::invalid("several_authorization_headers"));
+    }
+    let text = value
+        .to_str()
+        .map_err(|_| AuthError::invalid("malformed"))?;
+    let (scheme, rest) = text.split_once(' ').unwrap_or((text, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthError::missing("not_bearer"));
+    }
+    let token = rest.trim_matches(' ');
+    if token.is_empty() {
+        return Err(AuthError::missing("empty_bearer"));
+    }
+    Ok(token.to_string())
+}
+
+pub fn now_s() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,342 @@
+//! The command line: `serve`, `check-config`, `audit verify|query`,
+//! `token mint`. Exit codes: 0 ok, 1 a check failed, 2 bad usage or a
+//! config `serve` refuses.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::audit::verify;
+use crate::config::{Config, LogFormat};
+
+#[derive(Parser)]
+#[command(
+    name = "batch-gateway",
+    version,
+    about = "A JWT-authenticated, audited gateway to Batch's Campaign API: callers never hold Batch's REST key."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (data plane and admin plane) until SIGTERM or SIGINT.
+    Serve(ServeArgs),
+    /// Validate a config and open every file it references; exit 0, or print every problem and exit 1.
+    CheckConfig(CheckArgs),
+    /// Review the audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Developer helpers for caller tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// The gateway's TOML config.
+    #[arg(long, env = "BATCH_GATEWAY_CONFIG", required_unless_present = "dev")]
+    config: Option<PathBuf>,
+    /// Try-it-now mode on loopback: generates a dev key pair, file secrets and
+    /// an HMAC key in --dev-dir, runs in dry-run (nothing is sent to Batch),
+    /// and prints a ready curl line.
+    #[arg(long, conflicts_with = "config")]
+    dev: bool,
+    /// Where --dev writes its generated files (recreated on each start).
+    #[arg(long, default_value = "batch-gateway-dev", requires = "dev")]
+    dev_dir: PathBuf,
+    /// With --dev: the data-plane address.
+    #[arg(long, default_value = "127.0.0.1:8080", requires = "dev")]
+    listen: std::net::SocketAddr,
+    /// With --dev: the admin address.
+    #[arg(long, default_value = "127.0.0.1:9090", requires = "dev")]
+    admin_listen: std::net::SocketAddr,
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// The config to check.
+    #[arg(long, env = "BATCH_GATEWAY_CONFIG")]
+    config: PathBuf,
+    /// Check everything but the files the config references (for examples
+    /// whose files live elsewhere).
+    #[arg(long)]
+    skip_files: bool,
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain and seq across files or a folder of rotated files;
+    /// exit 0 with the record count, or 1 naming the first bad record.
+    Verify(VerifyArgs),
+    /// Print the records that match every filter given.
+    Query(QueryArgs),
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    /// Audit files, or folders holding them.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Accept a chain that does not start at seq 1 (older files removed).
+    #[arg(long)]
+    allow_pruned_start: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Json,
+    Table,
+}
+
+#[derive(Args)]
+struct QueryArgs {
+    /// Audit files, or folders holding them.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// The caller's team.
+    #[arg(long)]
+    team: Option<String>,
+    /// The caller's subject (`sub`).
+    #[arg(long)]
+    sub: Option<String>,
+    /// The project alias.
+    #[arg(long)]
+    project: Option<String>,
+    /// The campaign id.
+    #[arg(long)]
+    campaign: Option<String>,
+    /// allow or deny.
+    #[arg(long, value_parser = ["allow", "deny"])]
+    decision: Option<String>,
+    /// The reason (an X-Gateway-Error value, or ok).
+    #[arg(long)]
+    reason: Option<String>,
+    /// The gateway's request id.
+    #[arg(long)]
+    request_id: Option<String>,
+    /// Records at or after this time (RFC 3339).
+    #[arg(long, value_parser = parse_time)]
+    since: Option<time::OffsetDateTime>,
+    /// Records at or before this time (RFC 3339).
+    #[arg(long, value_parser = parse_time)]
+    until: Option<time::OffsetDateTime>,
+    /// json (one record per line, as stored) or table.
+    #[arg(long, value_enum, default_value = "json")]
+    format: Format,
+}
+
+fn parse_time(s: &str) -> Result<time::OffsetDateTime, String> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("not an RFC 3339 time: {e}"))
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Sign a caller JWT with a private key (for trying the gateway out).
+    Mint(crate::dev::MintArgs),
+}
+
+/// Runs the command line; the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(a) => serve(a),
+        Command::CheckConfig(a) => check_config(&a),
+        Command::Audit(AuditCommand::Verify(a)) => audit_verify(&a),
+        Command::Audit(AuditCommand::Query(a)) => audit_query(a),
+        Command::Token(TokenCommand::Mint(a)) => match crate::dev::mint(&a) {
+            Ok(tok) => {
+                println!("{tok}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("token mint: {e}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+fn print_problems(config: &std::path::Path, problems: &[crate::config::Problem]) {
+    eprintln!("{}: {} problem(s)", config.display(), problems.len());
+    for p in problems {
+        eprintln!("  {p}");
+    }
+}
+
+fn check_config(a: &CheckArgs) -> ExitCode {
+    let cfg = match Config::load(&a.config) {
+        Ok(c) => c,
+        Err(e) => {
+            print_problems(&a.config, &e.0);
+            return ExitCode::from(1);
+        }
+    };
+    if !a.skip_files {
+        let problems = cfg.check_files();
+        if !problems.is_empty() {
+            print_problems(&a.config, &problems);
+            return ExitCode::from(1);
+        }
+    }
+    println!("{}: ok", a.config.display());
+    ExitCode::SUCCESS
+}
+
+fn audit_verify(a: &VerifyArgs) -> ExitCode {
+    let result =
+        verify::collect_files(&a.paths).and_then(|f| verify::verify(&f, a.allow_pruned_start));
+    match result {
+        Ok(v) => {
+            let range = match (v.first_seq, v.last_seq) {
+                (Some(f), Some(l)) => format!(", seq {f}..{l}"),
+                _ => String::new(),
+            };
+            println!(
+                "ok: {} records in {} file(s){range}; head {}{}",
+                v.records,
+                v.files,
+                v.head,
+                if v.pruned_start {
+                    " (pruned start accepted)"
+                } else {
+                    ""
+                }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(b) => {
+            println!("FAILED: {b}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn audit_query(a: QueryArgs) -> ExitCode {
+    let filter = verify::Filter {
+        team: a.team,
+        sub: a.sub,
+        project: a.project,
+        campaign: a.campaign,
+        decision: a.decision,
+        reason: a.reason,
+        request_id: a.request_id,
+        since: a.since,
+        until: a.until,
+    };
+    let rows = match verify::collect_files(&a.paths).and_then(|f| verify::query(&f, &filter)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("audit query: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match a.format {
+        Format::Json => {
+            for (raw, _) in &rows {
+                println!("{raw}");
+            }
+        }
+        Format::Table => print!("{}", verify::table(&rows)),
+    }
+    ExitCode::SUCCESS
+}
+
+fn init_tracing(level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+fn serve(a: ServeArgs) -> ExitCode {
+    let (config, dev) = if a.dev {
+        match crate::dev::prepare(&a.dev_dir, a.listen, a.admin_listen) {
+            Ok((cfg, setup)) => (cfg, Some(setup)),
+            Err(e) => {
+                eprintln!("serve --dev: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        let Some(path) = a.config else {
+            eprintln!("serve: give --config FILE or set BATCH_GATEWAY_CONFIG (or try --dev)");
+            return ExitCode::from(2);
+        };
+        match Config::load(&path) {
+            Ok(c) => (c, None),
+            Err(e) => {
+                print_problems(&path, &e.0);
+                eprintln!("serve: refusing to start on an invalid config");
+                return ExitCode::from(2);
+            }
+        }
+    };
+    init_tracing(&config.log.level, config.log.format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("serve: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    rt.block_on(async move {
+        let app = match crate::App::build(config).await {
+            Ok(app) => app,
+            Err(e) => {
+                eprintln!("serve: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let listeners = match crate::listen::Listeners::bind(&app).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("serve: cannot bind: {e} (address in use?)");
+                return ExitCode::from(2);
+            }
+        };
+        tracing::info!(
+            listen = %listeners.data_addr().map(|a| a.to_string()).unwrap_or_default(),
+            admin = %listeners.admin_addr().map(|a| a.to_string()).unwrap_or_default(),
+            "batch-gateway serving"
+        );
+        if let Some(setup) = dev {
+            match listeners.data_addr() {
+                Ok(addr) => setup.print_instructions(addr),
+                Err(e) => eprintln!("serve --dev: {e}"),
+            }
+        }
+        crate::listen::serve(app, listeners, shutdown_signal()).await;
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+/// SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,805 @@
+//! Configuration: raw serde structs → `validate()` collecting every problem
+//! with its key path → a typed [`Config`].
+//!
+//! Unknown keys are errors (collected with `serde_ignored`, so one run names
+//! all of them). Keys of features this build does not implement yet are
+//! recognised and refused with "not supported yet". Relative paths resolve
+//! against the config file's folder. Files the config names are opened by
+//! [`Config::check_files`] (what `check-config` runs) and again when the
+//! gateway builds its runtime state.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::authn::keys;
+use crate::policy::Action;
+
+/// One problem in a config, with the key path it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Every problem found in one config.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("invalid configuration ({} problem(s))", .0.len())]
+pub struct ConfigErrors(pub Vec<Problem>);
+
+impl ConfigErrors {
+    fn one(key: &str, message: impl Into<String>) -> Self {
+        ConfigErrors(vec![Problem {
+            key: key.to_string(),
+            message: message.into(),
+        }])
+    }
+}
+
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+    fn unsupported(&mut self, key: impl Into<String>, present: bool) {
+        if present {
+            self.add(
+                key,
+                "not supported yet by this build of batch-gateway; remove the key",
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Raw shape (exactly the contract's keys)
+// ---------------------------------------------------------------------------
+
+#[derive(Deserialize, Default)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    upstream: RawUpstream,
+    auth: Option<RawAuth>,
+    secrets: Option<RawSecrets>,
+    #[serde(default)]
+    log: RawLog,
+    audit: Option<RawAudit>,
+    #[serde(default)]
+    projects: Vec<RawProject>,
+    #[serde(default)]
+    teams: Vec<RawTeam>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawServer {
+    listen: Option<String>,
+    admin_listen: Option<String>,
+    max_body_bytes: Option<u64>,
+    max_header_bytes: Option<u64>,
+    header_read_timeout_ms: Option<u64>,
+    shutdown_grace_ms: Option<u64>,
+    max_concurrent_requests: Option<u64>,
+    max_connections: Option<u64>,
+    body_read_timeout_ms: Option<u64>,
+    max_headers: Option<u64>,
+    tls: Option<toml::Value>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawUpstream {
+    base_url: Option<String>,
+    dry_run: Option<bool>,
+    ca_file: Option<String>,
+    connect_timeout_ms: Option<u64>,
+    request_timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct RawAuth {
+    audiences: Option<Vec<String>>,
+    leeway_s: Option<u64>,
+    max_token_lifetime_s: Option<u64>,
+    team_claim: Option<String>,
+    replay_cache_size: Option<toml::Value>,
+    #[serde(default)]
+    issuers: Vec<RawIssuer>,
+}
+
+#[derive(Deserialize)]
+struct RawIssuer {
+    issuer: Option<String>,
+    algorithms: Option<Vec<String>>,
+    public_keys: Option<Vec<String>>,
+    jwks_url: Option<toml::Value>,
+    jwks_ca_file: Option<toml::Value>,
+    jwks_refresh_s: Option<toml::Value>,
+    jwks_min_refetch_s: Option<toml::Value>,
+    jwks_stale_max_s: Option<toml::Value>,
+    typ: Option<toml::Value>,
+}
+
+#[derive(Deserialize)]
+struct RawSecrets {
+    backend: Option<String>,
+    file: Option<String>,
+    cache_ttl_s: Option<u64>,
+    stale_if_error_s: Option<u64>,
+    vault: Option<toml::Value>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawLog {
+    level: Option<String>,
+    format: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawAudit {
+    file: Option<String>,
+    hmac_key_file: Option<String>,
+    rotate_bytes: Option<toml::Value>,
+    keep_files: Option<toml::Value>,
+    signing_key_file: Option<toml::Value>,
+    checkpoint_interval_s: Option<toml::Value>,
+    stdout: Option<toml::Value>,
+}
+
+#[derive(Deserialize)]
+struct RawProject {
+    alias: Option<String>,
+    secret_path: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawTeam {
+    name: Option<String>,
+    #[serde(default)]
+    grants: Vec<RawGrant>,
+}
+
+#[derive(Deserialize)]
+struct RawGrant {
+    project: Option<String>,
+    actions: Option<Vec<String>>,
+    require_bound_token: Option<toml::Value>,
+    single_use_tokens: Option<toml::Value>,
+    dry_run: Option<bool>,
+    rate_per_minute: Option<toml::Value>,
+    daily_quota: Option<toml::Value>,
+}
+
+// ---------------------------------------------------------------------------
+// Typed config
+// ---------------------------------------------------------------------------
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The config file (absolute); relative paths resolved against its folder.
+    pub source: PathBuf,
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub auth: AuthConfig,
+    pub secrets: SecretsConfig,
+    pub log: LogConfig,
+    pub audit: AuditConfig,
+    pub projects: Vec<ProjectConfig>,
+    pub teams: Vec<TeamConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Data plane address. Defaults to `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Admin address (`/healthz`, `/readyz`, `/metrics`). Defaults to `127.0.0.1:9090`.
+    pub admin_listen: SocketAddr,
+    /// Defaults to 65536.
+    pub max_body_bytes: usize,
+    /// Whole header section; at least 8192. Defaults to 16384.
+    pub max_header_bytes: usize,
+    /// Defaults to 10 s.
+    pub header_read_timeout: Duration,
+    /// Defaults to 10 s.
+    pub body_read_timeout: Duration,
+    /// Defaults to 5 s.
+    pub shutdown_grace: Duration,
+    /// Defaults to 1024.
+    pub max_concurrent_requests: usize,
+    /// Defaults to 4096.
+    pub max_connections: usize,
+    /// Defaults to 64.
+    pub max_headers: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// `https://host[:port][/prefix]`, no query. Defaults to `https://api.batch.com`.
+    pub base_url: http::Uri,
+    /// Check and audit every request, send nothing. Defaults to false.
+    pub dry_run: bool,
+    pub ca_file: Option<PathBuf>,
+    /// Defaults to 2 s.
+    pub connect_timeout: Duration,
+    /// Bounds the whole upstream exchange. Defaults to 10 s.
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub audiences: Vec<String>,
+    /// Defaults to 30.
+    pub leeway_s: u64,
+    /// Defaults to 900.
+    pub max_token_lifetime_s: u64,
+    /// Defaults to `team`.
+    pub team_claim: String,
+    pub issuers: Vec<IssuerConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct IssuerConfig {
+    pub issuer: String,
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    pub public_keys: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub enum SecretsBackend {
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct SecretsConfig {
+    pub backend: SecretsBackend,
+    /// Defaults to 300 s.
+    pub cache_ttl: Duration,
+    /// Defaults to 3600 s.
+    pub stale_if_error: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Defaults to `info`; `RUST_LOG` overrides.
+    pub level: String,
+    /// Defaults to JSON.
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    pub file: PathBuf,
+    pub hmac_key_file: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProjectConfig {
+    pub alias: String,
+    pub secret_path: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct TeamConfig {
+    pub name: String,
+    pub grants: Vec<GrantConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GrantConfig {
+    pub project: String,
+    pub actions: Vec<Action>,
+    /// This grant's requests are checked and audited, never forwarded. Defaults to false.
+    pub dry_run: bool,
+}
+
+/// Algorithms an issuer may pin. HMAC algorithms and `none` are impossible by
+/// construction: public keys cannot verify them.
+pub const ALLOWED_ALGORITHMS: &[&str] = &[
+    "EdDSA", "ES256", "ES384", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+];
+
+fn ms(v: Option<u64>, default: u64) -> Duration {
+    Duration::from_millis(v.unwrap_or(default))
+}
+
+impl Config {
+    /// Reads, parses and validates `path`. Files the config names are not opened.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors::one(
+                &path.display().to_string(),
+                format!("cannot read config file: {e}"),
+            )
+        })?;
+        let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        Config::parse(&text, &abs)
+    }
+
+    /// Parses and validates config text; `source` is the file it came from.
+    pub fn parse(text: &str, source: &Path) -> Result<Config, ConfigErrors> {
+        let mut problems = Problems::default();
+        let deserializer = toml::Deserializer::parse(text)
+            .map_err(|e| ConfigErrors::one("(toml)", e.to_string()))?;
+        let mut unknown = Vec::new();
+        let raw: RawConfig = serde_ignored::deserialize(deserializer, |p| {
+            unknown.push(p.to_string());
+        })
+        .map_err(|e| ConfigErrors::one("(toml)", e.to_string()))?;
+        for key in unknown {
+            problems.add(key, "unknown key");
+        }
+        let base = source
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let cfg = validate(raw, &base, source, &mut problems);
+        if problems.0.is_empty() {
+            cfg.ok_or_else(|| ConfigErrors::one("(config)", "invalid"))
+        } else {
+            Err(ConfigErrors(problems.0))
+        }
+    }
+
+    /// Opens every file the config references and reports each that is
+    /// missing or unusable (what `check-config` does without `--skip-files`).
+    pub fn check_files(&self) -> Vec<Problem> {
+        let mut p = Problems::default();
+        for (i, iss) in self.auth.issuers.iter().enumerate() {
+            for (j, path) in iss.public_keys.iter().enumerate() {
+                if let Err(e) = keys::load_public_key(path, &iss.algorithms) {
+                    p.add(format!("auth.issuers[{i}].public_keys[{j}]"), e.to_string());
+                }
+            }
+        }
+        if let Some(ca) = &self.upstream.ca_file
+            && let Err(e) = crate::forward::load_ca_file(ca)
+        {
+            p.add("upstream.ca_file", e.to_string());
+        }
+        let SecretsBackend::File(file) = &self.secrets.backend;
+        if let Err(e) = crate::secrets::FileSource::read_file(file) {
+            p.add("secrets.file", e.to_string());
+        }
+        if let Err(e) = crate::audit::HmacKey::load(&self.audit.hmac_key_file) {
+            p.add("audit.hmac_key_file", e.to_string());
+        }
+        if let Err(e) = crate::audit::check_writable(&self.audit.file) {
+            p.add("audit.file", e.to_string());
+        }
+        p.0
+    }
+
+    pub fn project(&self, alias: &str) -> Option<&ProjectConfig> {
+        self.projects.iter().find(|p| p.alias == alias)
+    }
+}
+
+fn validate(raw: RawConfig, base: &Path, source: &Path, p: &mut Problems) -> Option<Config> {
+    let resolve = |s: &str| -> PathBuf {
+        let path = Path::new(s);
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            base.join(path)
+        }
+    };
+
+    // [server]
+    let s = raw.server;
+    let addr = |key: &str, v: Option<String>, default: &str, p: &mut Problems| {
+        let text = v.unwrap_or_else(|| default.to_string());
+        text.parse::<SocketAddr>().unwrap_or_else(|_| {
+            p.add(
+                format!("server.{key}"),
+                format!("{text:?} is not an IP:port address"),
+            );
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        })
+    };
+    let listen = addr("listen", s.listen, "127.0.0.1:8080", p);
+    let admin_listen = addr("admin_listen", s.admin_listen, "127.0.0.1:9090", p);
+    if listen == admin_listen && listen.port() != 0 {
+        p.add(
+            "server.admin_listen",
+            "must differ from server.listen (the admin plane is never on the data port)",
+        );
+    }
+    let positive = |key: &str, v: Option<u64>, default: u64, p: &mut Problems| -> u64 {
+        let v = v.unwrap_or(default);
+        if v == 0 {
+            p.add(format!("server.{key}"), "must be greater than 0");
+        }
+        v
+    };
+    let max_body_bytes = positive("max_body_bytes", s.max_body_bytes, 65536, p);
+    let max_header_bytes = s.max_header_bytes.unwrap_or(16384);
+    if max_header_bytes < 8192 {
+        p.add("server.max_header_bytes", "must be at least 8192");
+    }
+    let max_concurrent_requests = positive(
+        "max_concurrent_requests",
+        s.max_concurrent_requests,
+        1024,
+        p,
+    );
+    let max_connections = positive("max_connections", s.max_connections, 4096, p);
+    let max_headers = positive("max_headers", s.max_headers, 64, p);
+    positive("header_read_timeout_ms", s.header_read_timeout_ms, 10000, p);
+    positive("body_read_timeout_ms", s.body_read_timeout_ms, 10000, p);
+    p.unsupported("server.tls", s.tls.is_some());
+    let server = ServerConfig {
+        listen,
+        admin_listen,
+        max_body_bytes: max_body_bytes as usize,
+        max_header_bytes: max_header_bytes as usize,
+        header_read_timeout: ms(s.header_read_timeout_ms, 10000),
+        body_read_timeout: ms(s.body_read_timeout_ms, 10000),
+        shutdown_grace: ms(s.shutdown_grace_ms, 5000),
+        max_concurrent_requests: max_concurrent_requests as usize,
+        max_connections: max_connections as usize,
+        max_headers: max_headers as usize,
+    };
+
+    // [upstream]
+    let u = raw.upstream;
+    let base_text = u
+        .base_url
+        .unwrap_or_else(|| "https://api.batch.com".to_string());
+    let base_url = match base_text.parse::<http::Uri>() {
+        Ok(uri)
+            if uri.scheme_str() == Some("https")
+                && uri.authority().is_some()
+                && uri.query().is_none() =>
+        {
+            uri
+        }
+        _ => {
+            p.add(
+                "upstream.base_url",
+                format!("{base_text:?} must be an https:// URL with a host and no query"),
+            );
+            http::Uri::from_static("https://invalid.invalid")
+        }
+    };
+    let connect_timeout = ms(u.connect_timeout_ms, 2000);
+    let request_timeout = ms(u.request_timeout_ms, 10000);
+    if request_timeout.is_zero() {
+        p.add("upstream.request_timeout_ms", "must be greater than 0");
+    }
+    if connect_timeout.is_zero() {
+        p.add("upstream.connect_timeout_ms", "must be greater than 0");
+    }
+    let upstream = UpstreamConfig {
+        base_url,
+        dry_run: u.dry_run.unwrap_or(false),
+        ca_file: u.ca_file.as_deref().map(resolve),
+        connect_timeout,
+        request_timeout,
+    };
+
+    // [auth]
+    let auth = match raw.auth {
+        None => {
+            p.add(
+                "auth",
+                "missing: at least auth.audiences and one [[auth.issuers]]",
+            );
+            None
+        }
+        Some(a) => {
+            p.unsupported("auth.replay_cache_size", a.replay_cache_size.is_some());
+            let audiences = a.audiences.unwrap_or_default();
+            if audiences.is_empty() || audiences.iter().any(String::is_empty) {
+                p.add(
+                    "auth.audiences",
+                    "must list at least one non-empty audience",
+                );
+            }
+            if a.issuers.is_empty() {
+                p.add("auth.issuers", "at least one [[auth.issuers]] is required");
+            }
+            let team_claim = a.team_claim.unwrap_or_else(|| "team".to_string());
+            if team_claim.is_empty() {
+                p.add("auth.team_claim", "must not be empty");
+            }
+            let mut seen = BTreeSet::new();
+            let issuers = a
+                .issuers
+                .into_iter()
+                .enumerate()
+                .map(|(i, iss)| validate_issuer(i, iss, &resolve, &mut seen, p))
+                .collect();
+            Some(AuthConfig {
+                audiences,
+                leeway_s: a.leeway_s.unwrap_or(30),
+                max_token_lifetime_s: a.max_token_lifetime_s.unwrap_or(900),
+                team_claim,
+                issuers,
+            })
+        }
+    };
+
+    // [secrets]
+    let secrets = match raw.secrets {
+        None => {
+            p.add("secrets", "missing: backend and file");
+            None
+        }
+        Some(sec) => {
+            p.unsupported("secrets.vault", sec.vault.is_some());
+            let backend = match sec.backend.as_deref().unwrap_or("file") {
+                "file" => match sec.file {
+                    Some(f) => Some(SecretsBackend::File(resolve(&f))),
+                    None => {
+                        p.add("secrets.file", "required when backend = \"file\"");
+                        None
+                    }
+                },
+                "vault" => {
+                    p.add(
+                        "secrets.backend",
+                        "\"vault\" is not supported yet by this build",
+                    );
+                    None
+                }
+                other => {
+                    p.add(
+                        "secrets.backend",
+                        format!("{other:?} is not a backend (\"file\" or \"vault\")"),
+                    );
+                    None
+                }
+            };
+            backend.map(|backend| SecretsConfig {
+                backend,
+                cache_ttl: Duration::from_secs(sec.cache_ttl_s.unwrap_or(300)),
+                stale_if_error: Duration::from_secs(sec.stale_if_error_s.unwrap_or(3600)),
+            })
+        }
+    };
+
+    // [log]
+    let format = match raw.log.format.as_deref() {
+        None | Some("json") => LogFormat::Json,
+        Some("text") => LogFormat::Text,
+        Some(other) => {
+            p.add(
+                "log.format",
+                format!("{other:?} is not \"json\" or \"text\""),
+            );
+            LogFormat::Json
+        }
+    };
+    let level = raw.log.level.unwrap_or_else(|| "info".to_string());
+    if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+        p.add(
+            "log.level",
+            format!("{level:?} is not a log level or filter"),
+        );
+    }
+    let log = LogConfig { level, format };
+
+    // [audit]
+    let audit = match raw.audit {
+        None => {
+            p.add("audit", "missing: file and hmac_key_file");
+            None
+        }
+        Some(a) => {
+            p.unsupported("audit.rotate_bytes", a.rotate_bytes.is_some());
+            p.unsupported("audit.keep_files", a.keep_files.is_some());
+            p.unsupported("audit.signing_key_file", a.signing_key_file.is_some());
+            p.unsupported(
+                "audit.checkpoint_interval_s",
+                a.checkpoint_interval_s.is_some(),
+            );
+            p.unsupported("audit.stdout", a.stdout.is_some());
+            if a.file.is_none() {
+                p.add("audit.file", "required");
+            }
+            if a.hmac_key_file.is_none() {
+                p.add("audit.hmac_key_file", "required");
+            }
+            match (a.file, a.hmac_key_file) {
+                (Some(f), Some(k)) => Some(AuditConfig {
+                    file: resolve(&f),
+                    hmac_key_file: resolve(&k),
+                }),
+                _ => None,
+            }
+        }
+    };
+
+    // [[projects]]
+    let mut aliases: HashMap<String, usize> = HashMap::new();
+    let mut projects = Vec::new();
+    for (i, pr) in raw.projects.into_iter().enumerate() {
+        let alias = pr.alias.unwrap_or_default();
+        if !valid_alias(&alias) {
+            p.add(
+                format!("projects[{i}].alias"),
+                format!("{alias:?} must be 1-64 characters of a-z, A-Z, 0-9, '.', '_' or '-'"),
+            );
+        } else if aliases.insert(alias.clone(), i).is_some() {
+            p.add(
+                format!("projects[{i}].alias"),
+                format!("{alias:?} is defined twice"),
+            );
+        }
+        let secret_path = pr.secret_path.unwrap_or_default();
+        if secret_path.is_empty() {
+            p.add(format!("projects[{i}].secret_path"), "required");
+        }
+        projects.push(ProjectConfig { alias, secret_path });
+    }
+
+    // [[teams]]
+    let mut team_names = BTreeSet::new();
+    let mut teams = Vec::new();
+    for (i, t) in raw.teams.into_iter().enumerate() {
+        let name = t.name.unwrap_or_default();
+        if name.is_empty() {
+            p.add(format!("teams[{i}].name"), "required");
+        } else if !team_names.insert(name.clone()) {
+            p.add(
+                format!("teams[{i}].name"),
+                format!("{name:?} is defined twice"),
+            );
+        }
+        let mut grants = Vec::new();
+        for (j, g) in t.grants.into_iter().enumerate() {
+            let key = format!("teams[{i}].grants[{j}]");
+            p.unsupported(
+                format!("{key}.require_bound_token"),
+                g.require_bound_token.is_some(),
+            );
+            p.unsupported(
+                format!("{key}.single_use_tokens"),
+                g.single_use_tokens.is_some(),
+            );
+            p.unsupported(
+                format!("{key}.rate_per_minute"),
+                g.rate_per_minute.is_some(),
+            );
+            p.unsupported(format!("{key}.daily_quota"), g.daily_quota.is_some());
+            let project = g.project.unwrap_or_default();
+            if !aliases.contains_key(&project) {
+                p.add(
+                    format!("{key}.project"),
+                    format!("{project:?} is not a [[projects]] alias"),
+                );
+            }
+            let mut actions = Vec::new();
+            let raw_actions = g.actions.unwrap_or_default();
+            if raw_actions.is_empty() {
+                p.add(format!("{key}.actions"), "must list at least one action");
+            }
+            for a in raw_actions {
+                match Action::from_name(&a) {
+                    Some(act) => actions.push(act),
+                    None => p.add(
+                        format!("{key}.actions"),
+                        format!(
+                            "{a:?} is not an action (known: {})",
+                            Action::names().join(", ")
+                        ),
+                    ),
+                }
+            }
+            grants.push(GrantConfig {
+                project,
+                actions,
+                dry_run: g.dry_run.unwrap_or(false),
+            });
+        }
+        teams.push(TeamConfig { name, grants });
+    }
+
+    Some(Config {
+        source: source.to_path_buf(),
+        server,
+        upstream,
+        auth: auth?,
+        secrets: secrets?,
+        log,
+        audit: audit?,
+        projects,
+        teams,
+    })
+}
+
+fn validate_issuer(
+    i: usize,
+    iss: RawIssuer,
+    resolve: &dyn Fn(&str) -> PathBuf,
+    seen: &mut BTreeSet<String>,
+    p: &mut Problems,
+) -> IssuerConfig {
+    let key = format!("auth.issuers[{i}]");
+    for (name, present) in [
+        ("jwks_url", iss.jwks_url.is_some()),
+        ("jwks_ca_file", iss.jwks_ca_file.is_some()),
+        ("jwks_refresh_s", iss.jwks_refresh_s.is_some()),
+        ("jwks_min_refetch_s", iss.jwks_min_refetch_s.is_some()),
+        ("jwks_stale_max_s", iss.jwks_stale_max_s.is_some()),
+        ("typ", iss.typ.is_some()),
+    ] {
+        p.unsupported(format!("{key}.{name}"), present);
+    }
+    let issuer = iss.issuer.unwrap_or_default();
+    if issuer.is_empty() {
+        p.add(format!("{key}.issuer"), "required");
+    } else if !seen.insert(issuer.clone()) {
+        p.add(
+            format!("{key}.issuer"),
+            format!("{issuer:?} is configured twice"),
+        );
+    }
+    let mut algorithms = Vec::new();
+    let names = iss.algorithms.unwrap_or_default();
+    if names.is_empty() {
+        p.add(
+            format!("{key}.algorithms"),
+            "must pin at least one algorithm",
+        );
+    }
+    for name in names {
+        match name.parse::<jsonwebtoken::Algorithm>() {
+            Ok(alg) if ALLOWED_ALGORITHMS.contains(&name.as_str()) => algorithms.push(alg),
+            _ => p.add(
+                format!("{key}.algorithms"),
+                format!(
+                    "{name:?} is not allowed (one of {}; HMAC and none never are)",
+                    ALLOWED_ALGORITHMS.join(", ")
+                ),
+            ),
+        }
+    }
+    let public_keys: Vec<PathBuf> = iss
+        .public_keys
+        .unwrap_or_default()
+        .iter()
+        .map(|k| resolve(k))
+        .collect();
+    if public_keys.is_empty() {
+        p.add(
+            format!("{key}.public_keys"),
+            "at least one PEM public key is required (jwks_url is not supported yet)",
+        );
+    }
+    IssuerConfig {
+        issuer,
+        algorithms,
+        public_keys,
+    }
+}
+
+/// Aliases travel in a header and in audit records: keep them plain.
+fn valid_alias(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}

@@ -1,0 +1,279 @@
+//! The one place that turns every failure of the request path into a
+//! response: Batch's error body (`error_code` as a JSON string,
+//! `error_message`), `X-Gateway-Error: <reason>`, `X-Request-Id`, and for
+//! 401s a `WWW-Authenticate` challenge. Messages tell the caller what to
+//! fix and never carry secrets or internals.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::Full;
+
+/// Every way the gateway itself answers a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reject {
+    TokenMissing,
+    TokenInvalid,
+    TokenExpired,
+    TokenBindingMismatch,
+    RouteNotFound,
+    Forbidden,
+    MalformedJson,
+    MalformedParameter,
+    MissingParameter,
+    BodyTooLarge,
+    BodyTimeout,
+    BadFraming,
+    SecretsUnavailable,
+    AuditUnavailable,
+    UpstreamUnreachable,
+    UpstreamTimeout,
+    Overloaded,
+}
+
+impl Reject {
+    /// The `X-Gateway-Error` value and the audit `reason`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Reject::TokenMissing => "token_missing",
+            Reject::TokenInvalid => "token_invalid",
+            Reject::TokenExpired => "token_expired",
+            Reject::TokenBindingMismatch => "token_binding_mismatch",
+            Reject::RouteNotFound => "route_not_found",
+            Reject::Forbidden => "forbidden",
+            Reject::MalformedJson => "malformed_json",
+            Reject::MalformedParameter => "malformed_parameter",
+            Reject::MissingParameter => "missing_parameter",
+            Reject::BodyTooLarge => "body_too_large",
+            Reject::BodyTimeout => "body_timeout",
+            Reject::BadFraming => "bad_framing",
+            Reject::SecretsUnavailable => "secrets_unavailable",
+            Reject::AuditUnavailable => "audit_unavailable",
+            Reject::UpstreamUnreachable => "upstream_unreachable",
+            Reject::UpstreamTimeout => "upstream_timeout",
+            Reject::Overloaded => "overloaded",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            Reject::TokenMissing
+            | Reject::TokenInvalid
+            | Reject::TokenExpired
+            | Reject::TokenBindingMismatch => StatusCode::UNAUTHORIZED,
+            Reject::RouteNotFound => StatusCode::NOT_FOUND,
+            Reject::Forbidden => StatusCode::FORBIDDEN,
+            Reject::MalformedJson
+            | Reject::MalformedParameter
+            | Reject::MissingParameter
+            | Reject::BadFraming => StatusCode::BAD_REQUEST,
+            Reject::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Reject::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Reject::SecretsUnavailable | Reject::AuditUnavailable | Reject::Overloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Reject::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
+            Reject::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Batch's `error_code` for the status.
+    pub fn error_code(self) -> &'static str {
+        match self {
+            Reject::TokenMissing
+            | Reject::TokenInvalid
+            | Reject::TokenExpired
+            | Reject::TokenBindingMismatch => "10",
+            Reject::Forbidden => "12",
+            Reject::RouteNotFound => "20",
+            Reject::MissingParameter => "30",
+            Reject::MalformedParameter
+            | Reject::BodyTooLarge
+            | Reject::BadFraming
+            | Reject::BodyTimeout => "31",
+            Reject::MalformedJson => "32",
+            Reject::SecretsUnavailable | Reject::AuditUnavailable | Reject::Overloaded => "2",
+            Reject::UpstreamUnreachable | Reject::UpstreamTimeout => "0",
+        }
+    }
+
+    fn default_message(self) -> &'static str {
+        match self {
+            Reject::TokenMissing => "send your token as 'Authorization: Bearer <JWT>'",
+            Reject::TokenInvalid => {
+                "the bearer token is not valid for this gateway; get a fresh token from your identity provider"
+            }
+            Reject::TokenExpired => "the bearer token has expired; get a fresh one",
+            Reject::TokenBindingMismatch => {
+                "the token's htm/htu/bh claims do not match this request"
+            }
+            Reject::RouteNotFound => {
+                "no such route: this gateway serves POST /2.N/campaigns/delete"
+            }
+            Reject::Forbidden => "your team holds no grant for this project and action",
+            Reject::MalformedJson => "the body must be a JSON object with unique member names",
+            Reject::MalformedParameter => {
+                "the body must be {\"id\": \"orchestration_<32 lowercase letters or digits>\"} and nothing else"
+            }
+            Reject::MissingParameter => "the body lacks the 'id' member",
+            Reject::BodyTooLarge => "the body is larger than this gateway accepts",
+            Reject::BodyTimeout => "the body did not arrive in time",
+            Reject::BadFraming => {
+                "ambiguous HTTP framing: send either Content-Length or Transfer-Encoding: chunked"
+            }
+            Reject::SecretsUnavailable => {
+                "the project's Batch credentials are unavailable right now; retry later"
+            }
+            Reject::AuditUnavailable => {
+                "the gateway cannot write its audit trail; nothing was sent, retry later"
+            }
+            Reject::UpstreamUnreachable => {
+                "Batch could not be reached; the request may not have been delivered"
+            }
+            Reject::UpstreamTimeout => {
+                "Batch did not answer in time; the request may or may not have been applied"
+            }
+            Reject::Overloaded => "the gateway is at capacity; retry shortly",
+        }
+    }
+}
+
+/// A refusal on its way to the caller (and, most of the time, the audit).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", .kind.reason())]
+pub struct GatewayError {
+    pub kind: Reject,
+    /// A finer reason for the audit record (`bad_signature`, `no_grant`…).
+    pub detail: Option<Cow<'static, str>>,
+    /// Overrides the default message; must name what to fix, nothing secret.
+    pub message: Option<Cow<'static, str>>,
+}
+
+impl GatewayError {
+    pub fn new(kind: Reject) -> Self {
+        GatewayError {
+            kind,
+            detail: None,
+            message: None,
+        }
+    }
+    pub fn detail(mut self, d: impl Into<Cow<'static, str>>) -> Self {
+        self.detail = Some(d.into());
+        self
+    }
+    pub fn message(mut self, m: impl Into<Cow<'static, str>>) -> Self {
+        self.message = Some(m.into());
+        self
+    }
+}
+
+impl From<Reject> for GatewayError {
+    fn from(kind: Reject) -> Self {
+        GatewayError::new(kind)
+    }
+}
+
+/// Renders `err` as the caller sees it.
+pub fn rescue(err: &GatewayError, request_id: Option<&str>) -> Response<Full<Bytes>> {
+    let message = err
+        .message
+        .as_deref()
+        .unwrap_or_else(|| err.kind.default_message());
+    let body = serde_json::json!({
+        "error_code": err.kind.error_code(),
+        "error_message": message,
+    });
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = err.kind.status();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        "x-gateway-error",
+        HeaderValue::from_static(err.kind.reason()),
+    );
+    if let Some(id) = request_id.and_then(|r| HeaderValue::from_str(r).ok()) {
+        h.insert("x-request-id", id);
+    }
+    match err.kind {
+        Reject::TokenMissing => {
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"batch-gateway\""),
+            );
+        }
+        Reject::TokenInvalid | Reject::TokenExpired | Reject::TokenBindingMismatch => {
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"batch-gateway\", error=\"invalid_token\""),
+            );
+        }
+        Reject::SecretsUnavailable | Reject::AuditUnavailable | Reject::Overloaded => {
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        _ => {}
+    }
+    if matches!(err.kind, Reject::BadFraming | Reject::BodyTimeout) {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reject_renders_batch_shape_with_string_code() {
+        use Reject::*;
+        for k in [
+            TokenMissing,
+            TokenInvalid,
+            TokenExpired,
+            TokenBindingMismatch,
+            RouteNotFound,
+            Forbidden,
+            MalformedJson,
+            MalformedParameter,
+            MissingParameter,
+            BodyTooLarge,
+            BodyTimeout,
+            BadFraming,
+            SecretsUnavailable,
+            AuditUnavailable,
+            UpstreamUnreachable,
+            UpstreamTimeout,
+            Overloaded,
+        ] {
+            let r = rescue(&GatewayError::new(k), Some("rid-1"));
+            assert_eq!(r.status(), k.status());
+            assert_eq!(r.headers()["x-gateway-error"], k.reason());
+            assert_eq!(r.headers()["x-request-id"], "rid-1");
+            let is_401 = k.status() == StatusCode::UNAUTHORIZED;
+            assert_eq!(
+                r.headers().contains_key("www-authenticate"),
+                is_401,
+                "{k:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn missing_token_challenge_has_no_error_attribute() {
+        let r = rescue(&GatewayError::new(Reject::TokenMissing), None);
+        assert_eq!(
+            r.headers()["www-authenticate"],
+            "Bearer realm=\"batch-gateway\""
+        );
+        let r = rescue(&GatewayError::new(Reject::TokenExpired), None);
+        assert!(
+            r.headers()["www-authenticate"]
+                .to_str()
+                .unwrap_or("")
+                .contains("invalid_token")
+        );
+    }
+}

@@ -1,0 +1,301 @@
+//! Step 8 of the request path: forward a permitted request to Batch.
+//!
+//! Only a [`Permit`] opens this door. The request Batch sees is built from
+//! scratch: the method and path as received, the validated body
+//! re-serialized, the gateway's own `Authorization`, `X-Batch-Project`,
+//! `Content-Type` and `X-Request-Id`, and from the caller only the
+//! allowlisted `Accept`, `traceparent`, `tracestate`. hyper-util's pooled
+//! client over rustls (webpki roots plus the optional `ca_file`);
+//! `request_timeout_ms` bounds the whole exchange, connect included.
+//! Redirects are never followed. Nothing is retried.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rustls::RootCertStore;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use secrecy::ExposeSecret;
+
+use crate::config::UpstreamConfig;
+use crate::policy::Permit;
+use crate::secrets::ProjectSecret;
+
+/// Batch's answers are small JSON documents; anything larger is refused.
+const MAX_UPSTREAM_BODY: usize = 1 << 20;
+
+/// Caller headers that may travel to Batch.
+const CALLER_ALLOWLIST: &[&str] = &["accept", "traceparent", "tracestate"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("cannot read CA file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} holds no PEM certificate")]
+    Empty { path: String },
+    #[error("{path}: a certificate cannot be used as a trust root")]
+    Bad { path: String },
+}
+
+/// Reads PEM certificates to trust as roots.
+pub fn load_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, CaError> {
+    let shown = path.display().to_string();
+    let pem = std::fs::read(path).map_err(|source| CaError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|_| CaError::Bad {
+            path: shown.clone(),
+        })?;
+    if certs.is_empty() {
+        return Err(CaError::Empty { path: shown });
+    }
+    Ok(certs)
+}
+
+/// What Batch answered, already filtered for the caller.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub latency: Duration,
+    /// Batch's `error_code`, when the body carries one (string or number).
+    pub error_code: Option<String>,
+}
+
+/// Why no answer came back.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("upstream unreachable")]
+    Unreachable {
+        detail: &'static str,
+        latency: Duration,
+    },
+    #[error("upstream timed out")]
+    Timeout { latency: Duration },
+}
+
+impl ForwardError {
+    pub fn latency(&self) -> Duration {
+        match self {
+            ForwardError::Unreachable { latency, .. } | ForwardError::Timeout { latency } => {
+                *latency
+            }
+        }
+    }
+}
+
+/// The upstream client.
+pub struct Upstream {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// `scheme://authority` of `base_url`.
+    origin: String,
+    /// `base_url`'s own path, without a trailing slash.
+    prefix: String,
+    timeout: Duration,
+}
+
+impl Upstream {
+    pub fn new(cfg: &UpstreamConfig) -> Result<Self, CaError> {
+        let mut roots = RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(ca) = &cfg.ca_file {
+            for cert in load_ca_file(ca)? {
+                roots.add(cert).map_err(|_| CaError::Bad {
+                    path: ca.display().to_string(),
+                })?;
+            }
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|_| CaError::Bad {
+                path: "(rustls protocol versions)".into(),
+            })?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(cfg.connect_timeout));
+        http.set_nodelay(true);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(64)
+            .build(https);
+        let base = &cfg.base_url;
+        let origin = format!(
+            "{}://{}",
+            base.scheme_str().unwrap_or("https"),
+            base.authority().map(|a| a.as_str()).unwrap_or_default()
+        );
+        let prefix = base.path().trim_end_matches('/').to_string();
+        Ok(Upstream {
+            client,
+            origin,
+            prefix,
+            timeout: cfg.request_timeout,
+        })
+    }
+
+    /// Sends the permitted request and reads Batch's whole answer.
+    pub async fn forward(
+        &self,
+        permit: &Permit,
+        secret: &ProjectSecret,
+        path: &str,
+        body: Bytes,
+        request_id: &str,
+        caller_headers: &HeaderMap,
+    ) -> Result<Answer, ForwardError> {
+        let _ = permit; // holding a Permit is what allows the call
+        let started = Instant::now();
+        let unreachable = |detail| ForwardError::Unreachable {
+            detail,
+            latency: started.elapsed(),
+        };
+        let uri: Uri = format!("{}{}{}", self.origin, self.prefix, path)
+            .parse()
+            .map_err(|_| unreachable("bad_uri"))?;
+        let mut req = Request::builder()
+            .method(Method::POST)
+            .uri(uri)
+            .body(Full::new(body))
+            .map_err(|_| unreachable("bad_request"))?;
+        let h = req.headers_mut();
+        for name in CALLER_ALLOWLIST {
+            let mut values = caller_headers.get_all(*name).iter();
+            if let (Some(v), None) = (values.next(), values.next()) {
+                h.insert(HeaderName::from_static(name), v.clone());
+            }
+        }
+        let mut auth =
+            HeaderValue::from_str(&format!("Bearer {}", secret.rest_key.expose_secret()))
+                .map_err(|_| unreachable("bad_rest_key"))?;
+        auth.set_sensitive(true);
+        h.insert(header::AUTHORIZATION, auth);
+        let project = HeaderValue::from_str(&secret.project_key)
+            .map_err(|_| unreachable("bad_project_key"))?;
+        h.insert("x-batch-project", project);
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Ok(v) = HeaderValue::from_str(request_id) {
+            h.insert("x-request-id", v);
+        }
+        h.insert(
+            header::USER_AGENT,
+            HeaderValue::from_static(concat!("batch-gateway/", env!("CARGO_PKG_VERSION"))),
+        );
+
+        let exchange = async {
+            let resp = self.client.request(req).await.map_err(|e| {
+                tracing::warn!(error = %e, connect = e.is_connect(), "upstream request failed");
+                unreachable(if e.is_connect() {
+                    "connect"
+                } else {
+                    "exchange"
+                })
+            })?;
+            let (parts, body) = resp.into_parts();
+            let bytes = Limited::new(body, MAX_UPSTREAM_BODY)
+                .collect()
+                .await
+                .map_err(|_| unreachable("response_body"))?
+                .to_bytes();
+            Ok::<_, ForwardError>((parts, bytes))
+        };
+        let (parts, raw) = match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(ForwardError::Timeout {
+                    latency: started.elapsed(),
+                });
+            }
+        };
+        let latency = started.elapsed();
+        let body = redact(&raw, secret.rest_key.expose_secret().as_bytes());
+        let mut headers = HeaderMap::new();
+        for (name, value) in &parts.headers {
+            let n = name.as_str();
+            if n == "content-type" || n == "retry-after" || n.starts_with("x-ratelimit-") {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        Ok(Answer {
+            status: parts.status,
+            headers,
+            error_code: error_code(&body),
+            body,
+            latency,
+        })
+    }
+}
+
+/// Batch's `error_code`, sent as a JSON string or number.
+fn error_code(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    match v.get("error_code")? {
+        serde_json::Value::String(s) => Some(s.chars().take(32).collect()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// `body` with every occurrence of `secret` replaced by `[REDACTED]`.
+pub fn redact(body: &[u8], secret: &[u8]) -> Bytes {
+    if secret.is_empty() || body.len() < secret.len() {
+        return Bytes::copy_from_slice(body);
+    }
+    let mut out = Vec::with_capacity(body.len());
+    let mut i = 0;
+    while i < body.len() {
+        if body[i..].starts_with(secret) {
+            out.extend_from_slice(b"[REDACTED]");
+            i += secret.len();
+        } else {
+            out.push(body[i]);
+            i += 1;
+        }
+    }
+    Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_every_occurrence_of_the_key() {
+        let out = redact(b"a rk_123 b rk_123rk_123", b"rk_123");
+        assert_eq!(&out[..], b"a [REDACTED] b [REDACTED][REDACTED]");
+        assert_eq!(&redact(b"short", b"longer-key")[..], b"short");
+    }
+
+    #[test]
+    fn error_code_accepts_string_and_number() {
+        assert_eq!(error_code(br#"{"error_code":"12"}"#).as_deref(), Some("12"));
+        assert_eq!(error_code(br#"{"error_code":12}"#).as_deref(), Some("12"));
+        assert_eq!(error_code(b"<html>"), None);
+    }
+}

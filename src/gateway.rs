@@ -1,0 +1,533 @@
+//! The life of a request, in order:
+//!
+//! framing → load shedding → audit available? → read body (bounded) →
+//! 1 authenticate → 2 route → 3 authorize → 4 validate → 5 binding →
+//! 6 secrets → 7 audit attempt (fsync) → 8 forward (or dry run) →
+//! 9 audit outcome → answer.
+//!
+//! The first failure answers; a failure before step 7 writes one `denied`
+//! record and nothing is sent upstream. [`pipeline`] reads top to bottom;
+//! each step lives in its own module.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::{Bytes, BytesMut};
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, Request, Response, header};
+use http_body_util::{BodyExt, Full};
+use secrecy::ExposeSecret;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::App;
+use crate::audit::{Caller, Decision, Phase, Record, UpstreamOutcome};
+use crate::authn::{AuthFailure, Binding, Unverified};
+use crate::error::{GatewayError, Reject, rescue};
+use crate::forward::ForwardError;
+use crate::json::{JsonError, parse_object};
+use crate::metrics::{RequestLabels, status_class};
+use crate::policy::{self, Forbidden};
+
+/// Everything the audit records of one request share.
+#[derive(Debug, Default)]
+struct Trace {
+    request_id: String,
+    caller_request_id: Option<String>,
+    client_addr: String,
+    method: String,
+    path: String,
+    action: Option<&'static str>,
+    project: Option<String>,
+    campaign_id: Option<String>,
+    caller: Option<Caller>,
+    unverified: Option<Unverified>,
+    key_fp: Option<String>,
+    dry_run: bool,
+    /// For metrics: set once the request was forwarded (or dry-run).
+    allowed: bool,
+}
+
+impl Trace {
+    fn record(&self, phase: Phase) -> Record {
+        let mut r = Record::new(phase);
+        r.request_id = Some(self.request_id.clone());
+        r.caller_request_id = self.caller_request_id.clone();
+        r.client_addr = Some(self.client_addr.clone());
+        r.method = Some(self.method.clone());
+        r.path = Some(self.path.clone());
+        r.action = self.action.map(str::to_string);
+        r.project = self.project.clone();
+        r.campaign_id = self.campaign_id.clone();
+        r.caller = self.caller.clone();
+        r.unverified = self.unverified.clone();
+        r.key_fp = self.key_fp.clone();
+        r.dry_run = self.dry_run.then_some(true);
+        r
+    }
+}
+
+/// Serves one data-plane request. Never panics, always answers.
+pub async fn handle<B>(app: Arc<App>, req: Request<B>, client: SocketAddr) -> Response<Full<Bytes>>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    let started = Instant::now();
+    if let Some(err) = framing_error(req.headers()) {
+        app.metrics
+            .connection_errors
+            .get_or_create(&crate::metrics::KindLabels {
+                kind: "bad_framing",
+            })
+            .inc();
+        return finish(&app, started, rescue(&err, None), &Trace::default());
+    }
+    let Ok(_slot) = app.inflight.clone().try_acquire_owned() else {
+        let err = GatewayError::new(Reject::Overloaded);
+        return finish(&app, started, rescue(&err, None), &Trace::default());
+    };
+    app.metrics.in_flight.inc();
+    let (parts, body) = req.into_parts();
+    let mut trace = Trace {
+        request_id: uuid::Uuid::new_v4().to_string(),
+        caller_request_id: caller_request_id(&parts.headers),
+        client_addr: client.to_string(),
+        method: parts.method.to_string(),
+        // The path only: a query string may carry a token and is never recorded.
+        path: bounded(parts.uri.path()),
+        ..Trace::default()
+    };
+    let resp = serve(&app, &mut trace, parts, body).await;
+    app.metrics.in_flight.dec();
+    finish(&app, started, resp, &trace)
+}
+
+async fn serve<B>(app: &App, trace: &mut Trace, parts: Parts, body: B) -> Response<Full<Bytes>>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    let rid = trace.request_id.clone();
+    // While nothing can be recorded, nothing is decided.
+    if !app.audit.recover().await {
+        return rescue(&GatewayError::new(Reject::AuditUnavailable), Some(&rid));
+    }
+    let result = match read_body(app, &parts.headers, body).await {
+        Ok(bytes) => pipeline(app, trace, &parts, bytes).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(resp) => resp,
+        Err(err) => {
+            let mut rec = trace.record(Phase::Denied);
+            rec.decision = Some(Decision::Deny);
+            rec.reason = Some(err.kind.reason().to_string());
+            rec.detail = err.detail.as_ref().map(|d| d.to_string());
+            if app.audit.append(rec, false).await.is_err() {
+                app.metrics.audit_failures.inc();
+                return rescue(&GatewayError::new(Reject::AuditUnavailable), Some(&rid));
+            }
+            rescue(&err, Some(&rid))
+        }
+    }
+}
+
+/// Steps 1-9. `Err` is a denial before anything was sent (the caller
+/// writes its `denied` record); every later outcome is answered here.
+async fn pipeline(
+    app: &App,
+    trace: &mut Trace,
+    parts: &Parts,
+    body: Bytes,
+) -> Result<Response<Full<Bytes>>, GatewayError> {
+    let target = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or_else(|| parts.uri.path());
+    // An absolute-form target (`POST https://host/...`) never routes.
+    let target = if parts.uri.scheme().is_some() {
+        ""
+    } else {
+        target
+    };
+
+    // 1. Authenticate.
+    let (principal, token) = app.authn.authenticate(&parts.headers).map_err(|e| {
+        trace.unverified = e.unverified.clone();
+        let kind = match e.kind {
+            AuthFailure::Missing => Reject::TokenMissing,
+            AuthFailure::Invalid => Reject::TokenInvalid,
+            AuthFailure::Expired => Reject::TokenExpired,
+        };
+        GatewayError::new(kind).detail(e.detail)
+    })?;
+    trace.caller = Some(Caller {
+        iss: principal.iss.clone(),
+        sub: principal.sub.clone(),
+        team: match principal.teams.as_slice() {
+            [one] => Value::String(one.clone()),
+            many => Value::from(many.to_vec()),
+        },
+        jti: principal.jti.clone(),
+        token_fp: app.hmac.fingerprint(token.as_bytes()),
+    });
+    drop(token);
+
+    // 2. Route.
+    let action = policy::route(&parts.method, target).ok_or(Reject::RouteNotFound)?;
+    trace.action = Some(action.name());
+
+    // 3. Authorize.
+    let mut project_headers = Vec::new();
+    for v in parts.headers.get_all("x-batch-project") {
+        project_headers.push(v.to_str().map_err(|_| {
+            GatewayError::new(Reject::Forbidden).detail(Forbidden::UnknownProject.detail())
+        })?);
+    }
+    let permit = policy::authorize(&app.config, &principal, &project_headers, action).map_err(
+        |f| match f {
+            Forbidden::DuplicateProjectHeader => GatewayError::new(Reject::MalformedParameter)
+                .detail(f.detail())
+                .message("send X-Batch-Project once"),
+            _ => GatewayError::new(Reject::Forbidden)
+                .detail(f.detail())
+                .message(f.to_string()),
+        },
+    )?;
+    trace.project = Some(permit.project.clone());
+
+    // 4. Validate the body; what goes upstream is re-serialized from it.
+    let campaign_id = validate_body(&body)?;
+    trace.campaign_id = Some(campaign_id.clone());
+    let canonical = Bytes::from(serde_json::json!({ "id": campaign_id }).to_string());
+
+    // 5. Request binding.
+    check_binding(&principal.binding, parts.method.as_str(), target, &body)?;
+
+    // 6. Secrets.
+    let (secret, freshness) = app.secrets.get(&permit.secret_path).await.map_err(|e| {
+        app.metrics
+            .secret_failures
+            .get_or_create(&crate::metrics::KindLabels {
+                kind: match e {
+                    crate::secrets::SourceError::NotFound => "missing",
+                    crate::secrets::SourceError::Invalid(_) => "invalid",
+                    crate::secrets::SourceError::Unavailable(_) => "unavailable",
+                },
+            })
+            .inc();
+        GatewayError::new(Reject::SecretsUnavailable).detail(match e {
+            crate::secrets::SourceError::NotFound => "secret_missing",
+            crate::secrets::SourceError::Invalid(_) => "secret_invalid",
+            crate::secrets::SourceError::Unavailable(_) => "backend_unavailable",
+        })
+    })?;
+    trace.key_fp = Some(
+        app.hmac
+            .fingerprint(secret.rest_key.expose_secret().as_bytes()),
+    );
+    trace.dry_run = app.config.upstream.dry_run || permit.dry_run;
+
+    // 7. The attempt is on disk before anything leaves.
+    let mut attempt = trace.record(Phase::Attempt);
+    attempt.decision = Some(Decision::Allow);
+    attempt.reason = Some("ok".into());
+    attempt.secret_source = Some(freshness.as_str().into());
+    attempt.secret_version = secret.version;
+    if app.audit.append(attempt, true).await.is_err() {
+        app.metrics.audit_failures.inc();
+        trace.caller = None; // no record: metrics only
+        return Ok(rescue(
+            &GatewayError::new(Reject::AuditUnavailable),
+            Some(&trace.request_id),
+        ));
+    }
+    trace.allowed = true;
+
+    // 8. Forward (or, in dry run, answer as Batch would).
+    let mut outcome = trace.record(Phase::Outcome);
+    outcome.decision = Some(Decision::Allow);
+    if trace.dry_run {
+        outcome.reason = Some("ok".into());
+        record_outcome(app, outcome).await;
+        let mut resp = Response::new(Full::new(Bytes::from_static(b"{}")));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        resp.headers_mut()
+            .insert("x-gateway-dry-run", HeaderValue::from_static("true"));
+        return Ok(with_request_id(resp, &trace.request_id));
+    }
+    let result = app
+        .upstream
+        .forward(
+            &permit,
+            &secret,
+            target,
+            canonical,
+            &trace.request_id,
+            &parts.headers,
+        )
+        .await;
+
+    // 9. The outcome is recorded before the caller hears it.
+    match result {
+        Ok(answer) => {
+            app.metrics
+                .upstream_duration
+                .observe(answer.latency.as_secs_f64());
+            outcome.reason = Some("ok".into());
+            outcome.upstream = Some(UpstreamOutcome {
+                status: Some(answer.status.as_u16()),
+                error_code: answer.error_code.clone(),
+                latency_ms: millis(answer.latency),
+            });
+            record_outcome(app, outcome).await;
+            let mut resp = Response::new(Full::new(answer.body));
+            *resp.status_mut() = answer.status;
+            *resp.headers_mut() = answer.headers;
+            Ok(with_request_id(resp, &trace.request_id))
+        }
+        Err(e) => {
+            app.metrics
+                .upstream_duration
+                .observe(e.latency().as_secs_f64());
+            let (kind, detail) = match &e {
+                ForwardError::Timeout { .. } => (Reject::UpstreamTimeout, "timeout"),
+                ForwardError::Unreachable { detail, .. } => (Reject::UpstreamUnreachable, *detail),
+            };
+            outcome.reason = Some(kind.reason().into());
+            outcome.detail = Some(detail.into());
+            outcome.upstream = Some(UpstreamOutcome {
+                status: None,
+                error_code: None,
+                latency_ms: millis(e.latency()),
+            });
+            record_outcome(app, outcome).await;
+            Ok(rescue(
+                &GatewayError::new(kind).detail(detail),
+                Some(&trace.request_id),
+            ))
+        }
+    }
+}
+
+/// The call happened and its attempt is on disk: a failed outcome write
+/// does not change the caller's answer, but turns the gateway not-ready.
+async fn record_outcome(app: &App, outcome: Record) {
+    if app.audit.append(outcome, false).await.is_err() {
+        app.metrics.audit_failures.inc();
+        tracing::error!(
+            "outcome record could not be written; refusing new requests until the audit file is writable"
+        );
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn with_request_id(mut resp: Response<Full<Bytes>>, rid: &str) -> Response<Full<Bytes>> {
+    if let Ok(v) = HeaderValue::from_str(rid) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+fn finish(
+    app: &App,
+    started: Instant,
+    resp: Response<Full<Bytes>>,
+    trace: &Trace,
+) -> Response<Full<Bytes>> {
+    let reason = resp
+        .headers()
+        .get("x-gateway-error")
+        .and_then(|v| reason_label(v.as_bytes()))
+        .unwrap_or("ok");
+    app.metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            action: trace.action.unwrap_or("none"),
+            decision: if trace.allowed { "allow" } else { "deny" },
+            reason,
+            status_class: status_class(resp.status().as_u16()),
+        })
+        .inc();
+    app.metrics
+        .request_duration
+        .observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+/// Metric labels come from a closed set, never from a header's bytes.
+fn reason_label(v: &[u8]) -> Option<&'static str> {
+    use Reject::*;
+    [
+        TokenMissing,
+        TokenInvalid,
+        TokenExpired,
+        TokenBindingMismatch,
+        RouteNotFound,
+        Forbidden,
+        MalformedJson,
+        MalformedParameter,
+        MissingParameter,
+        BodyTooLarge,
+        BodyTimeout,
+        BadFraming,
+        SecretsUnavailable,
+        AuditUnavailable,
+        UpstreamUnreachable,
+        UpstreamTimeout,
+        Overloaded,
+    ]
+    .into_iter()
+    .map(Reject::reason)
+    .find(|r| r.as_bytes() == v)
+}
+
+/// Ambiguous message framing is refused before anything else (request
+/// smuggling): `Content-Length` with `Transfer-Encoding`, a
+/// `Transfer-Encoding` other than exactly `chunked`, or disagreeing
+/// `Content-Length` values.
+fn framing_error(h: &HeaderMap) -> Option<GatewayError> {
+    let te: Vec<_> = h.get_all(header::TRANSFER_ENCODING).iter().collect();
+    let cl: Vec<_> = h.get_all(header::CONTENT_LENGTH).iter().collect();
+    let bad = || Some(GatewayError::new(Reject::BadFraming));
+    if !te.is_empty() && !cl.is_empty() {
+        return bad();
+    }
+    if te.len() > 1 || te.first().is_some_and(|v| v.as_bytes() != b"chunked") {
+        return bad();
+    }
+    if cl.windows(2).any(|w| w[0] != w[1]) {
+        return bad();
+    }
+    None
+}
+
+/// Reads the whole body, at most `max_body_bytes`, within
+/// `body_read_timeout_ms`. An oversized body is drained a little so the
+/// caller can read the 413 before the connection closes.
+async fn read_body<B>(app: &App, headers: &HeaderMap, body: B) -> Result<Bytes, GatewayError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    let max = app.config.server.max_body_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let too_large = || {
+        GatewayError::new(Reject::BodyTooLarge)
+            .message(format!("the body is larger than {max} bytes"))
+    };
+    let drain_cap = (max as u64).saturating_mul(4).max(1 << 20);
+    if declared.is_some_and(|n| n > drain_cap) {
+        return Err(too_large());
+    }
+    let read = async {
+        let mut body = std::pin::pin!(body);
+        let mut buf = BytesMut::new();
+        let mut seen: u64 = 0;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                tracing::debug!(error = %e, "request body read failed");
+                GatewayError::new(Reject::BadFraming).detail("body_read")
+            })?;
+            if let Ok(data) = frame.into_data() {
+                seen += data.len() as u64;
+                if seen <= max as u64 {
+                    buf.extend_from_slice(&data);
+                } else if seen > drain_cap {
+                    break;
+                }
+            }
+        }
+        if seen > max as u64 {
+            Err(too_large())
+        } else {
+            Ok(buf.freeze())
+        }
+    };
+    match tokio::time::timeout(app.config.server.body_read_timeout, read).await {
+        Ok(r) => r,
+        Err(_) => Err(GatewayError::new(Reject::BodyTimeout)),
+    }
+}
+
+/// Step 4: `{"id": "orchestration_<32 of 0-9a-z>"}` and nothing else.
+pub fn validate_body(body: &[u8]) -> Result<String, GatewayError> {
+    let members = parse_object(body).map_err(|e| {
+        GatewayError::new(Reject::MalformedJson).detail(match e {
+            JsonError::NotJson => "not_json",
+            JsonError::NotObject => "not_object",
+            JsonError::DuplicateMember => "duplicate_member",
+        })
+    })?;
+    let id = members.get("id").ok_or(Reject::MissingParameter)?;
+    if members.0.len() != 1 {
+        return Err(GatewayError::new(Reject::MalformedParameter)
+            .detail("extra_member")
+            .message("the body must hold only the 'id' member"));
+    }
+    match id {
+        Value::String(s) if is_campaign_id(s) => Ok(s.clone()),
+        _ => Err(GatewayError::new(Reject::MalformedParameter).detail("id_format")),
+    }
+}
+
+pub fn is_campaign_id(s: &str) -> bool {
+    s.strip_prefix("orchestration_").is_some_and(|rest| {
+        rest.len() == 32
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+    })
+}
+
+/// Step 5: every binding claim the token carries must match the request.
+fn check_binding(b: &Binding, method: &str, target: &str, body: &[u8]) -> Result<(), GatewayError> {
+    let mismatch = |d: &'static str| GatewayError::new(Reject::TokenBindingMismatch).detail(d);
+    if b.htm.as_deref().is_some_and(|m| m != method) {
+        return Err(mismatch("htm"));
+    }
+    if b.htu.as_deref().is_some_and(|u| u != target) {
+        return Err(mismatch("htu"));
+    }
+    if let Some(bh) = &b.bh {
+        let want = URL_SAFE_NO_PAD.encode(Sha256::digest(body));
+        if bh != &want {
+            return Err(mismatch("bh"));
+        }
+    }
+    Ok(())
+}
+
+/// The caller's own `X-Request-Id`, kept when it is 1-128 characters of
+/// `A-Za-z0-9._-` (anything else is dropped).
+fn caller_request_id(h: &HeaderMap) -> Option<String> {
+    let mut values = h.get_all("x-request-id").iter();
+    let v = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    let b = v.as_bytes();
+    let ok = (1..=128).contains(&b.len())
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'));
+    ok.then(|| String::from_utf8_lossy(b).into_owned())
+}
+
+/// Request targets are recorded, bounded (they are caller-chosen bytes).
+fn bounded(s: &str) -> String {
+    s.chars().take(512).collect()
+}

@@ -1,0 +1,122 @@
+//! Prometheus metrics (`/metrics` on the admin listener). Labels never carry
+//! caller-chosen strings: actions, reasons and decisions come from closed sets.
+
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub action: &'static str,
+    pub decision: &'static str,
+    pub reason: &'static str,
+    pub status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Histogram,
+    pub upstream_duration: Histogram,
+    pub connection_errors: Family<KindLabels, Counter>,
+    pub audit_failures: Counter,
+    pub secret_failures: Family<KindLabels, Counter>,
+    pub in_flight: Gauge,
+}
+
+fn buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.001, 2.0, 15)
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("batch_gateway");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests answered, by action, decision, reason and status class",
+            requests.clone(),
+        );
+        let request_duration = Histogram::new(buckets());
+        registry.register(
+            "request_duration_seconds",
+            "Time from request head to answer",
+            request_duration.clone(),
+        );
+        let upstream_duration = Histogram::new(buckets());
+        registry.register(
+            "upstream_duration_seconds",
+            "Time of the upstream exchange with Batch",
+            upstream_duration.clone(),
+        );
+        let connection_errors = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "connection_errors",
+            "Connections refused or cut by the HTTP layer (oversized headers, bad framing, slow clients)",
+            connection_errors.clone(),
+        );
+        let audit_failures = Counter::default();
+        registry.register(
+            "audit_failures",
+            "Audit records that could not be written",
+            audit_failures.clone(),
+        );
+        let secret_failures = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "secret_failures",
+            "Secret look-ups that found no usable secret, by kind",
+            secret_failures.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "in_flight_requests",
+            "Requests being handled",
+            in_flight.clone(),
+        );
+        Metrics {
+            registry: Mutex::new(registry),
+            requests,
+            request_duration,
+            upstream_duration,
+            connection_errors,
+            audit_failures,
+            secret_failures,
+            in_flight,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Ok(reg) = self.registry.lock() {
+            let _ = prometheus_client::encoding::text::encode(&mut out, &reg);
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}

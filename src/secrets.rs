@@ -1,0 +1,285 @@
+//! Step 6 of the request path: resolve a project's REST key and project key.
+//!
+//! Sources (file today, Vault next) sit behind [`SecretSource`]; a moka
+//! cache in front of every source serves a value for `cache_ttl_s` without
+//! asking the source, and while the source fails, keeps serving the last
+//! good value for at most `stale_if_error_s` past its TTL. A secret the
+//! source says is gone is evicted at once. Secrets live in `secrecy` types:
+//! their `Debug` prints `[REDACTED]`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// One project's credentials.
+#[derive(Debug, Clone)]
+pub struct ProjectSecret {
+    pub rest_key: SecretString,
+    pub project_key: String,
+    /// The source's version of the secret (Vault KV `metadata.version`).
+    pub version: Option<u64>,
+}
+
+/// Why a source gave no secret.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SourceError {
+    /// The source answered: there is no such secret (or it was revoked).
+    #[error("no secret at this path")]
+    NotFound,
+    /// The source answered with a secret that cannot be used.
+    #[error("the secret is unusable: {0}")]
+    Invalid(&'static str),
+    /// The source could not be asked (down, unreadable, timed out).
+    #[error("the secret source is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Where secrets come from.
+#[async_trait::async_trait]
+pub trait SecretSource: Send + Sync {
+    async fn fetch(&self, secret_path: &str) -> Result<ProjectSecret, SourceError>;
+}
+
+/// `backend = "file"`: a TOML file with one table per secret path.
+pub struct FileSource {
+    path: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileEntry {
+    rest_key: String,
+    project_key: String,
+}
+
+const MAX_SECRETS_FILE_BYTES: u64 = 1 << 20;
+
+impl FileSource {
+    pub fn new(path: PathBuf) -> Self {
+        FileSource { path }
+    }
+
+    /// Reads and parses the whole file. Errors never quote its content.
+    pub fn read_file(path: &Path) -> Result<BTreeMap<String, FileEntryView>, SourceError> {
+        let meta = std::fs::metadata(path).map_err(|e| {
+            SourceError::Unavailable(format!("cannot read {}: {e}", path.display()))
+        })?;
+        if meta.len() > MAX_SECRETS_FILE_BYTES {
+            return Err(SourceError::Unavailable(format!(
+                "{} is larger than 1 MiB",
+                path.display()
+            )));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            SourceError::Unavailable(format!("cannot read {}: {e}", path.display()))
+        })?;
+        // toml's messages quote the offending line, which may hold a key:
+        // report the position only.
+        let doc: HashMap<String, FileEntry> = toml::from_str(&text).map_err(|e| {
+            let at = e
+                .span()
+                .map(|s| format!(" at byte {}", s.start))
+                .unwrap_or_default();
+            SourceError::Unavailable(format!(
+                "{} is not a valid secrets file{at} (a table per secret path, each with rest_key and project_key)",
+                path.display()
+            ))
+        })?;
+        Ok(doc
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    k,
+                    FileEntryView {
+                        rest_key: SecretString::from(v.rest_key),
+                        project_key: v.project_key,
+                    },
+                )
+            })
+            .collect())
+    }
+}
+
+/// A parsed secrets-file entry.
+pub struct FileEntryView {
+    pub rest_key: SecretString,
+    pub project_key: String,
+}
+
+#[async_trait::async_trait]
+impl SecretSource for FileSource {
+    async fn fetch(&self, secret_path: &str) -> Result<ProjectSecret, SourceError> {
+        let path = self.path.clone();
+        let mut all = tokio::task::spawn_blocking(move || FileSource::read_file(&path))
+            .await
+            .map_err(|_| SourceError::Unavailable("reader task failed".into()))??;
+        let entry = all.remove(secret_path).ok_or(SourceError::NotFound)?;
+        checked(entry.rest_key, entry.project_key, None)
+    }
+}
+
+/// Validates a source's answer: a non-empty REST key and a well-formed
+/// project key.
+pub fn checked(
+    rest_key: SecretString,
+    project_key: String,
+    version: Option<u64>,
+) -> Result<ProjectSecret, SourceError> {
+    use secrecy::ExposeSecret;
+    if rest_key.expose_secret().is_empty()
+        || rest_key
+            .expose_secret()
+            .bytes()
+            .any(|b| b.is_ascii_control() || b == b' ')
+    {
+        return Err(SourceError::Invalid(
+            "rest_key is empty or holds spaces or control characters",
+        ));
+    }
+    if !is_project_key(&project_key) {
+        return Err(SourceError::Invalid(
+            "project_key does not match ^project_[0-9a-z]{32}$",
+        ));
+    }
+    Ok(ProjectSecret {
+        rest_key,
+        project_key,
+        version,
+    })
+}
+
+pub fn is_project_key(s: &str) -> bool {
+    s.strip_prefix("project_").is_some_and(|rest| {
+        rest.len() == 32
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+    })
+}
+
+/// How a served secret was obtained (the audit's `secret_source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    Fresh,
+    Cached,
+    Stale,
+}
+
+impl Freshness {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Freshness::Fresh => "fresh",
+            Freshness::Cached => "cached",
+            Freshness::Stale => "stale",
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Entry {
+    secret: Arc<ProjectSecret>,
+    fetched: Instant,
+}
+
+/// The state of one project's secret, for `/readyz` (never the value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecretState {
+    Unknown,
+    Ok,
+    Stale,
+    Missing,
+    Invalid,
+    Unavailable,
+}
+
+/// The cache in front of a [`SecretSource`].
+pub struct SecretCache {
+    source: Arc<dyn SecretSource>,
+    cache: moka::future::Cache<String, Entry>,
+    ttl: Duration,
+    stale: Duration,
+    states: Mutex<HashMap<String, SecretState>>,
+}
+
+impl SecretCache {
+    pub fn new(source: Arc<dyn SecretSource>, ttl: Duration, stale: Duration) -> Self {
+        let cache = moka::future::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live((ttl + stale).max(Duration::from_secs(1)))
+            .build();
+        SecretCache {
+            source,
+            cache,
+            ttl,
+            stale,
+            states: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn set_state(&self, path: &str, state: SecretState) {
+        if let Ok(mut m) = self.states.lock() {
+            m.insert(path.to_string(), state);
+        }
+    }
+
+    /// The last known state of each secret path asked for.
+    pub fn states(&self) -> HashMap<String, SecretState> {
+        self.states.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// A usable secret for `path`, or why there is none.
+    pub async fn get(&self, path: &str) -> Result<(Arc<ProjectSecret>, Freshness), SourceError> {
+        let cached = self.cache.get(path).await;
+        if let Some(e) = &cached
+            && e.fetched.elapsed() < self.ttl
+        {
+            return Ok((e.secret.clone(), Freshness::Cached));
+        }
+        match self.source.fetch(path).await {
+            Ok(secret) => {
+                let secret = Arc::new(secret);
+                self.cache
+                    .insert(
+                        path.to_string(),
+                        Entry {
+                            secret: secret.clone(),
+                            fetched: Instant::now(),
+                        },
+                    )
+                    .await;
+                self.set_state(path, SecretState::Ok);
+                Ok((secret, Freshness::Fresh))
+            }
+            Err(e @ (SourceError::NotFound | SourceError::Invalid(_))) => {
+                // The source says this secret is gone or unusable: a revoked
+                // key is never used again.
+                self.cache.invalidate(path).await;
+                let state = if matches!(e, SourceError::NotFound) {
+                    SecretState::Missing
+                } else {
+                    SecretState::Invalid
+                };
+                self.set_state(path, state);
+                tracing::warn!(secret_path = path, error = %e, "project secret not usable");
+                Err(e)
+            }
+            Err(e @ SourceError::Unavailable(_)) => {
+                if let Some(entry) = cached
+                    && entry.fetched.elapsed() < self.ttl + self.stale
+                {
+                    self.set_state(path, SecretState::Stale);
+                    tracing::warn!(secret_path = path, error = %e, "secret source failing; serving the cached secret");
+                    return Ok((entry.secret, Freshness::Stale));
+                }
+                self.set_state(path, SecretState::Unavailable);
+                tracing::warn!(secret_path = path, error = %e, "secret source failing and no usable cached secret");
+                Err(e)
+            }
+        }
+    }
+}
