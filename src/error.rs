@@ -30,9 +30,33 @@ pub enum Reject {
     UpstreamUnreachable,
     UpstreamTimeout,
     Overloaded,
+    /// A bug: the request task failed. Nothing is forwarded after this.
+    Internal,
 }
 
 impl Reject {
+    /// Every kind, for closed-set lookups (metric labels) and tests.
+    pub const ALL: &'static [Reject] = &[
+        Reject::TokenMissing,
+        Reject::TokenInvalid,
+        Reject::TokenExpired,
+        Reject::TokenBindingMismatch,
+        Reject::RouteNotFound,
+        Reject::Forbidden,
+        Reject::MalformedJson,
+        Reject::MalformedParameter,
+        Reject::MissingParameter,
+        Reject::BodyTooLarge,
+        Reject::BodyTimeout,
+        Reject::BadFraming,
+        Reject::SecretsUnavailable,
+        Reject::AuditUnavailable,
+        Reject::UpstreamUnreachable,
+        Reject::UpstreamTimeout,
+        Reject::Overloaded,
+        Reject::Internal,
+    ];
+
     /// The `X-Gateway-Error` value and the audit `reason`.
     pub fn reason(self) -> &'static str {
         match self {
@@ -53,6 +77,7 @@ impl Reject {
             Reject::UpstreamUnreachable => "upstream_unreachable",
             Reject::UpstreamTimeout => "upstream_timeout",
             Reject::Overloaded => "overloaded",
+            Reject::Internal => "internal_error",
         }
     }
 
@@ -75,6 +100,7 @@ impl Reject {
             }
             Reject::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
             Reject::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Reject::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -94,7 +120,7 @@ impl Reject {
             | Reject::BodyTimeout => "31",
             Reject::MalformedJson => "32",
             Reject::SecretsUnavailable | Reject::AuditUnavailable | Reject::Overloaded => "2",
-            Reject::UpstreamUnreachable | Reject::UpstreamTimeout => "0",
+            Reject::UpstreamUnreachable | Reject::UpstreamTimeout | Reject::Internal => "0",
         }
     }
 
@@ -135,6 +161,7 @@ impl Reject {
                 "Batch did not answer in time; the request may or may not have been applied"
             }
             Reject::Overloaded => "the gateway is at capacity; retry shortly",
+            Reject::Internal => "the gateway failed on this request; report the X-Request-Id",
         }
     }
 }
@@ -228,26 +255,7 @@ mod tests {
 
     #[test]
     fn every_reject_renders_batch_shape_with_string_code() {
-        use Reject::*;
-        for k in [
-            TokenMissing,
-            TokenInvalid,
-            TokenExpired,
-            TokenBindingMismatch,
-            RouteNotFound,
-            Forbidden,
-            MalformedJson,
-            MalformedParameter,
-            MissingParameter,
-            BodyTooLarge,
-            BodyTimeout,
-            BadFraming,
-            SecretsUnavailable,
-            AuditUnavailable,
-            UpstreamUnreachable,
-            UpstreamTimeout,
-            Overloaded,
-        ] {
+        for &k in Reject::ALL {
             let r = rescue(&GatewayError::new(k), Some("rid-1"));
             assert_eq!(r.status(), k.status());
             assert_eq!(r.headers()["x-gateway-error"], k.reason());

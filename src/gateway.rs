@@ -29,7 +29,7 @@ use crate::authn::{AuthFailure, Binding, Unverified};
 use crate::error::{GatewayError, Reject, rescue};
 use crate::forward::ForwardError;
 use crate::json::{JsonError, parse_object};
-use crate::metrics::{RequestLabels, status_class};
+use crate::metrics::{KindLabels, RequestLabels, status_class};
 use crate::policy::{self, Forbidden};
 
 /// Everything the audit records of one request share.
@@ -73,27 +73,28 @@ impl Trace {
 /// Serves one data-plane request. Never panics, always answers.
 pub async fn handle<B>(app: Arc<App>, req: Request<B>, client: SocketAddr) -> Response<Full<Bytes>>
 where
-    B: hyper::body::Body<Data = Bytes>,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: std::fmt::Display,
 {
     let started = Instant::now();
+    let request_id = uuid::Uuid::new_v4().to_string();
     if let Some(err) = framing_error(req.headers()) {
         app.metrics
             .connection_errors
-            .get_or_create(&crate::metrics::KindLabels {
+            .get_or_create(&KindLabels {
                 kind: "bad_framing",
             })
             .inc();
-        return finish(&app, started, rescue(&err, None), &Trace::default());
+        return finish(
+            &app,
+            started,
+            rescue(&err, Some(&request_id)),
+            &Trace::default(),
+        );
     }
-    let Ok(_slot) = app.inflight.clone().try_acquire_owned() else {
-        let err = GatewayError::new(Reject::Overloaded);
-        return finish(&app, started, rescue(&err, None), &Trace::default());
-    };
-    app.metrics.in_flight.inc();
     let (parts, body) = req.into_parts();
-    let mut trace = Trace {
-        request_id: uuid::Uuid::new_v4().to_string(),
+    let trace = Trace {
+        request_id,
         caller_request_id: caller_request_id(&parts.headers),
         client_addr: client.to_string(),
         method: parts.method.to_string(),
@@ -101,12 +102,35 @@ where
         path: bounded(parts.uri.path()),
         ..Trace::default()
     };
-    let resp = serve(&app, &mut trace, parts, body).await;
-    app.metrics.in_flight.dec();
+    let rid = trace.request_id.clone();
+    // The request runs to its end even if the caller goes away: once an
+    // attempt is recorded, its outcome must be recorded too.
+    let (resp, trace) = match tokio::spawn(serve(app.clone(), trace, parts, body)).await {
+        Ok(done) => done,
+        Err(e) => {
+            tracing::error!(error = %e, "request task failed");
+            let err = GatewayError::new(Reject::Internal);
+            (rescue(&err, Some(&rid)), Trace::default())
+        }
+    };
     finish(&app, started, resp, &trace)
 }
 
-async fn serve<B>(app: &App, trace: &mut Trace, parts: Parts, body: B) -> Response<Full<Bytes>>
+/// Counts a request in flight for as long as it lives.
+struct InFlight<'a>(&'a App);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.metrics.in_flight.dec();
+    }
+}
+
+async fn serve<B>(
+    app: Arc<App>,
+    mut trace: Trace,
+    parts: Parts,
+    body: B,
+) -> (Response<Full<Bytes>>, Trace)
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: std::fmt::Display,
@@ -114,13 +138,20 @@ where
     let rid = trace.request_id.clone();
     // While nothing can be recorded, nothing is decided.
     if !app.audit.recover().await {
-        return rescue(&GatewayError::new(Reject::AuditUnavailable), Some(&rid));
+        let err = GatewayError::new(Reject::AuditUnavailable);
+        return (rescue(&err, Some(&rid)), trace);
     }
-    let result = match read_body(app, &parts.headers, body).await {
-        Ok(bytes) => pipeline(app, trace, &parts, bytes).await,
-        Err(e) => Err(e),
+    let slot = app.inflight.clone().try_acquire_owned();
+    app.metrics.in_flight.inc();
+    let _counted = InFlight(&app);
+    let result = match slot {
+        Err(_) => Err(GatewayError::new(Reject::Overloaded)),
+        Ok(_slot) => match read_body(&app, &parts.headers, body).await {
+            Ok(bytes) => pipeline(&app, &mut trace, &parts, bytes).await,
+            Err(e) => Err(e),
+        },
     };
-    match result {
+    let resp = match result {
         Ok(resp) => resp,
         Err(err) => {
             let mut rec = trace.record(Phase::Denied);
@@ -129,11 +160,13 @@ where
             rec.detail = err.detail.as_ref().map(|d| d.to_string());
             if app.audit.append(rec, false).await.is_err() {
                 app.metrics.audit_failures.inc();
-                return rescue(&GatewayError::new(Reject::AuditUnavailable), Some(&rid));
+                let unavailable = GatewayError::new(Reject::AuditUnavailable);
+                return (rescue(&unavailable, Some(&rid)), trace);
             }
             rescue(&err, Some(&rid))
         }
-    }
+    };
+    (resp, trace)
 }
 
 /// Steps 1-9. `Err` is a denial before anything was sent (the caller
@@ -368,29 +401,11 @@ fn finish(
 
 /// Metric labels come from a closed set, never from a header's bytes.
 fn reason_label(v: &[u8]) -> Option<&'static str> {
-    use Reject::*;
-    [
-        TokenMissing,
-        TokenInvalid,
-        TokenExpired,
-        TokenBindingMismatch,
-        RouteNotFound,
-        Forbidden,
-        MalformedJson,
-        MalformedParameter,
-        MissingParameter,
-        BodyTooLarge,
-        BodyTimeout,
-        BadFraming,
-        SecretsUnavailable,
-        AuditUnavailable,
-        UpstreamUnreachable,
-        UpstreamTimeout,
-        Overloaded,
-    ]
-    .into_iter()
-    .map(Reject::reason)
-    .find(|r| r.as_bytes() == v)
+    Reject::ALL
+        .iter()
+        .copied()
+        .map(Reject::reason)
+        .find(|r| r.as_bytes() == v)
 }
 
 /// Ambiguous message framing is refused before anything else (request
@@ -401,7 +416,7 @@ fn framing_error(h: &HeaderMap) -> Option<GatewayError> {
     let te: Vec<_> = h.get_all(header::TRANSFER_ENCODING).iter().collect();
     let cl: Vec<_> = h.get_all(header::CONTENT_LENGTH).iter().collect();
     let bad = || Some(GatewayError::new(Reject::BadFraming));
-    if !te.is_empty() && !cl.is_empty() {
+    if (!te.is_empty() && !cl.is_empty()) || h.contains_key(crate::framing::AMBIGUOUS_HEADER) {
         return bad();
     }
     if te.len() > 1 || te.first().is_some_and(|v| v.as_bytes() != b"chunked") {

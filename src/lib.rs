@@ -13,6 +13,7 @@ pub mod config;
 pub mod dev;
 pub mod error;
 pub mod forward;
+pub mod framing;
 pub mod gateway;
 pub mod json;
 pub mod listen;

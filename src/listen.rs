@@ -117,7 +117,10 @@ async fn accept_loop(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(stream);
+        let io = TokioIo::new(crate::framing::Guarded::new(
+            stream,
+            app.config.server.max_header_bytes,
+        ));
         let server = &app.config.server;
         let mut builder = http1::Builder::new();
         builder

@@ -1,0 +1,335 @@
+//! Request-smuggling guard under hyper.
+//!
+//! hyper, following RFC 9112 §6.3, serves a request that carries both
+//! `Content-Length` and `Transfer-Encoding` as chunked and drops the
+//! `Content-Length` header before the service sees it. The contract wants
+//! such a request refused. This reader follows the request stream of one
+//! connection (heads, fixed-length and chunked bodies) and, in a head that
+//! carries both, renames each `Content-Length` to the same-length
+//! [`AMBIGUOUS_HEADER`]; the gateway then answers 400 and closes.
+//! Bytes are never added or removed. On input it cannot follow, it stops
+//! tracking and lets hyper refuse it.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// What a `Content-Length` next to a `Transfer-Encoding` is renamed to
+/// (as long as "Content-Length", so no byte moves).
+pub const AMBIGUOUS_HEADER: &str = "x-ambiguous-cl";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Head,
+    Fixed(u64),
+    ChunkSize,
+    ChunkData(u64),
+    ChunkEnd,
+    Trailers,
+    Off,
+}
+
+/// Follows HTTP/1.1 request framing on a byte stream.
+#[derive(Debug)]
+pub struct Tracker {
+    state: State,
+    buf: Vec<u8>,
+    max_head: usize,
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+impl Tracker {
+    pub fn new(max_head: usize) -> Self {
+        Tracker {
+            state: State::Head,
+            buf: Vec::new(),
+            max_head,
+        }
+    }
+
+    /// Consumes `data`, appending what may be passed on to `out`.
+    pub fn feed(&mut self, data: &[u8], out: &mut BytesMut) {
+        let mut owned = data.to_vec();
+        let mut i = 0;
+        while i < owned.len() {
+            match self.state {
+                State::Off => {
+                    out.extend_from_slice(&owned[i..]);
+                    return;
+                }
+                State::Head => {
+                    if self.buf.is_empty() && (owned[i] == b'\r' || owned[i] == b'\n') {
+                        out.extend_from_slice(&owned[i..i + 1]);
+                        i += 1;
+                        continue;
+                    }
+                    let scan_from = self.buf.len().saturating_sub(3);
+                    self.buf.extend_from_slice(&owned[i..]);
+                    i = owned.len();
+                    if let Some(p) = find(&self.buf[scan_from..], b"\r\n\r\n") {
+                        let rest = self.buf.split_off(scan_from + p + 4);
+                        let mut head = std::mem::take(&mut self.buf);
+                        self.state = inspect(&mut head);
+                        out.extend_from_slice(&head);
+                        owned = rest;
+                        i = 0;
+                    } else if self.buf.len() > self.max_head {
+                        out.extend_from_slice(&std::mem::take(&mut self.buf));
+                        self.state = State::Off;
+                    }
+                }
+                State::Fixed(n) => {
+                    let take = (owned.len() - i).min(usize::try_from(n).unwrap_or(usize::MAX));
+                    out.extend_from_slice(&owned[i..i + take]);
+                    i += take;
+                    let left = n - take as u64;
+                    self.state = if left == 0 {
+                        State::Head
+                    } else {
+                        State::Fixed(left)
+                    };
+                }
+                State::ChunkData(n) => {
+                    let take = (owned.len() - i).min(usize::try_from(n).unwrap_or(usize::MAX));
+                    out.extend_from_slice(&owned[i..i + take]);
+                    i += take;
+                    let left = n - take as u64;
+                    self.state = if left == 0 {
+                        State::ChunkEnd
+                    } else {
+                        State::ChunkData(left)
+                    };
+                }
+                State::ChunkSize | State::ChunkEnd | State::Trailers => {
+                    let b = owned[i];
+                    out.extend_from_slice(&owned[i..i + 1]);
+                    i += 1;
+                    self.buf.push(b);
+                    if b != b'\n' {
+                        if self.buf.len() > 4096 {
+                            self.state = State::Off;
+                        }
+                        continue;
+                    }
+                    let line = std::mem::take(&mut self.buf);
+                    let line = line.strip_suffix(b"\n").unwrap_or(&line);
+                    let line = line.strip_suffix(b"\r").unwrap_or(line);
+                    self.state = match self.state {
+                        State::ChunkEnd if line.is_empty() => State::ChunkSize,
+                        State::ChunkSize => chunk_size(line),
+                        State::Trailers if line.is_empty() => State::Head,
+                        State::Trailers => State::Trailers,
+                        _ => State::Off,
+                    };
+                }
+            }
+        }
+    }
+
+    /// At end of stream: what is held goes on (hyper reports it incomplete).
+    pub fn flush(&mut self, out: &mut BytesMut) {
+        out.extend_from_slice(&std::mem::take(&mut self.buf));
+    }
+}
+
+fn chunk_size(line: &[u8]) -> State {
+    let hex = line.split(|b| *b == b';').next().unwrap_or_default();
+    let hex = std::str::from_utf8(hex)
+        .unwrap_or("")
+        .trim_matches([' ', '\t']);
+    match u64::from_str_radix(hex, 16) {
+        Ok(0) => State::Trailers,
+        Ok(n) => State::ChunkData(n),
+        Err(_) => State::Off,
+    }
+}
+
+/// Looks at one request head; renames ambiguous `Content-Length` headers;
+/// says how the body that follows is framed.
+fn inspect(head: &mut [u8]) -> State {
+    let mut te: Vec<Vec<u8>> = Vec::new();
+    let mut cl: Vec<(usize, Vec<u8>)> = Vec::new();
+    let mut start = 0;
+    let mut first = true;
+    while start < head.len() {
+        let end = find(&head[start..], b"\r\n").map_or(head.len(), |p| start + p);
+        let line = &head[start..end];
+        if !first
+            && !line.is_empty()
+            && let Some(colon) = line.iter().position(|b| *b == b':')
+        {
+            let name = &line[..colon];
+            let value = line[colon + 1..].trim_ascii().to_vec();
+            if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                te.push(value);
+            } else if name.eq_ignore_ascii_case(b"content-length") {
+                cl.push((start, value));
+            }
+        }
+        first = false;
+        start = end + 2;
+    }
+    if !te.is_empty() && !cl.is_empty() {
+        for (at, _) in &cl {
+            head[*at..*at + AMBIGUOUS_HEADER.len()].copy_from_slice(AMBIGUOUS_HEADER.as_bytes());
+        }
+    }
+    if let Some(last) = te.last() {
+        let chunked = last
+            .rsplit(|b| *b == b',')
+            .next()
+            .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        return if chunked {
+            State::ChunkSize
+        } else {
+            State::Off
+        };
+    }
+    match cl.first() {
+        None => State::Head,
+        Some((_, v)) => match std::str::from_utf8(v)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            Some(0) => State::Head,
+            Some(n) => State::Fixed(n),
+            None => State::Off,
+        },
+    }
+}
+
+/// A connection whose reads pass through a [`Tracker`].
+pub struct Guarded<T> {
+    inner: T,
+    tracker: Tracker,
+    out: BytesMut,
+    eof: bool,
+}
+
+impl<T> Guarded<T> {
+    pub fn new(inner: T, max_head: usize) -> Self {
+        Guarded {
+            inner,
+            tracker: Tracker::new(max_head),
+            out: BytesMut::new(),
+            eof: false,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if !this.out.is_empty() {
+                let n = buf.remaining().min(this.out.len());
+                buf.put_slice(&this.out.split_to(n));
+                return Poll::Ready(Ok(()));
+            }
+            if this.eof {
+                return Poll::Ready(Ok(()));
+            }
+            let mut tmp = [0u8; 8192];
+            let mut rb = ReadBuf::new(&mut tmp);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
+            if rb.filled().is_empty() {
+                this.eof = true;
+                this.tracker.flush(&mut this.out);
+            } else {
+                this.tracker.feed(rb.filled(), &mut this.out);
+            }
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(chunks: &[&[u8]]) -> (Vec<u8>, State) {
+        let mut t = Tracker::new(16384);
+        let mut out = BytesMut::new();
+        for c in chunks {
+            t.feed(c, &mut out);
+        }
+        (out.to_vec(), t.state)
+    }
+
+    #[test]
+    fn renames_content_length_only_when_transfer_encoding_is_there_too() {
+        let req = b"POST /x HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+        let (out, st) = run(&[req]);
+        assert_eq!(out.len(), req.len());
+        assert!(String::from_utf8_lossy(&out).contains("x-ambiguous-cl: 5"));
+        assert_eq!(st, State::Head);
+        let plain = b"POST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello";
+        assert_eq!(run(&[plain]), (plain.to_vec(), State::Head));
+    }
+
+    #[test]
+    fn follows_bodies_across_reads_so_a_second_head_is_inspected_too() {
+        let first = b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n0\r\nX-T: 1\r\n\r\n";
+        let second = b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n";
+        let mut all = first.to_vec();
+        all.extend_from_slice(second);
+        // Byte by byte: framing state survives any split.
+        let pieces: Vec<&[u8]> = all.chunks(1).collect();
+        let (out, st) = run(&pieces);
+        let text = String::from_utf8_lossy(&out);
+        assert_eq!(text.matches("x-ambiguous-cl").count(), 1);
+        assert_eq!(st, State::ChunkSize);
+        // A body that looks like a head is not rewritten.
+        let body = "A: b\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n";
+        let tricky = format!(
+            "POST /x HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let (out, st) = run(&[tricky.as_bytes()]);
+        assert_eq!((out, st), (tricky.into_bytes(), State::Head));
+    }
+
+    #[test]
+    fn gives_up_on_input_it_cannot_follow() {
+        let (_, st) = run(&[b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"]);
+        assert_eq!(st, State::Off);
+        let huge = vec![b'a'; 20000];
+        let (out, st) = run(&[&huge]);
+        assert_eq!((out.len(), st), (20000, State::Off));
+    }
+}

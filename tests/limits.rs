@@ -1,0 +1,180 @@
+//! Bounded input: framing, header and body sizes, slow clients, load
+//! shedding. Nothing here may reach Batch.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn head(token: &str, extra: &str) -> String {
+    format!(
+        "POST {DELETE} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\n{extra}"
+    )
+}
+
+#[tokio::test]
+async fn content_length_with_transfer_encoding_is_refused_and_the_connection_closed() {
+    let w = World::new().await;
+    let gw = w.start().await;
+    let body = delete_body(&campaign_id());
+    for extra in [
+        format!(
+            "Content-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n",
+            body.len()
+        ),
+        "Transfer-Encoding: gzip, chunked\r\n\r\n".to_string(),
+        "Transfer-Encoding: Chunked\r\n\r\n".to_string(),
+    ] {
+        let mut raw = head(&w.token("growth"), &extra).into_bytes();
+        raw.extend_from_slice(format!("{:x}\r\n", body.len()).as_bytes());
+        raw.extend_from_slice(&body);
+        raw.extend_from_slice(b"\r\n0\r\n\r\n");
+        let r = raw_exchange(gw.addr, &raw).await;
+        assert_eq!(r.status, 400, "{extra:?}: {r:?}");
+        assert_ne!(r.header("x-gateway-error"), None);
+    }
+    // Conflicting Content-Length values.
+    let mut raw = head(
+        &w.token("growth"),
+        "Content-Length: 10\r\nContent-Length: 11\r\n\r\n",
+    )
+    .into_bytes();
+    raw.extend_from_slice(&body);
+    let r = raw_exchange(gw.addr, &raw).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(w.batch().count(), 0);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn an_oversized_header_section_gets_431() {
+    let w = World::new().await;
+    let gw = w.start().await; // max_header_bytes defaults to 16384
+    let big = format!("X-Pad: {}\r\n\r\n", "a".repeat(20000));
+    let r = raw_exchange(gw.addr, head(&w.token("growth"), &big).as_bytes()).await;
+    assert_eq!(r.status, 431);
+    let many: String = (0..80)
+        .map(|i| format!("X-H{i}: v\r\n"))
+        .collect::<String>()
+        + "\r\n";
+    let r = raw_exchange(gw.addr, head(&w.token("growth"), &many).as_bytes()).await;
+    assert_eq!(r.status, 431, "more than max_headers (64) fields");
+    assert_eq!(w.batch().count(), 0);
+    let metrics = String::from_utf8(gw.admin_get("/metrics").await.body).unwrap();
+    assert!(
+        metrics.contains("batch_gateway_connection_errors_total{kind=\"header_too_large\"}"),
+        "{metrics}"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_413_whatever_the_token_and_audited() {
+    let w = World::new().await;
+    let gw = w
+        .start_with(|d| {
+            table(d, "server").insert("max_body_bytes".into(), 60.into());
+        })
+        .await;
+    let id = campaign_id();
+    let mut exact = delete_body(&id);
+    exact.resize(60, b' ');
+    let r = gw.delete(&w.token("growth"), None, &exact).await;
+    assert_eq!(r.status, 204);
+    exact.push(b' ');
+    let r = gw.delete("not-even-a-token", None, &exact).await;
+    r.assert_gateway_error(413, "body_too_large", "31");
+    assert_eq!(w.batch().count(), 1);
+    let last = w.audit_records().pop().unwrap();
+    assert_eq!(
+        (last["phase"].clone(), last["reason"].clone()),
+        (json!("denied"), json!("body_too_large"))
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_client_is_cut_off_after_the_header_read_timeout() {
+    let w = World::new().await;
+    let gw = w
+        .start_with(|d| {
+            table(d, "server").insert("header_read_timeout_ms".into(), 300.into());
+        })
+        .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"POST /2.8/campaigns/delete HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    // The gateway closes (possibly after a 408); the read ends well before 10 s.
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    assert!(n.is_ok(), "connection still open after 10 s");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_body_is_cut_off_after_the_body_read_timeout() {
+    let w = World::new().await;
+    let gw = w
+        .start_with(|d| {
+            table(d, "server").insert("body_read_timeout_ms".into(), 300.into());
+        })
+        .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let raw = head(&w.token("growth"), "Content-Length: 100\r\n\r\n{\"id\":");
+    s.write_all(raw.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    assert!(n.is_ok(), "connection still open after 10 s");
+    let r = parse_response(&buf).unwrap();
+    r.assert_gateway_error(408, "body_timeout", "31");
+    assert_eq!(w.batch().count(), 0);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn requests_over_max_concurrent_are_shed_at_once_with_503_overloaded() {
+    let w = World::new().await;
+    let gw = w
+        .start_with(|d| {
+            table(d, "server").insert("max_concurrent_requests".into(), 1.into());
+        })
+        .await;
+    w.batch().set_delay(Duration::from_millis(1500));
+    let token = w.token("growth");
+    let first = {
+        let addr = gw.addr;
+        let raw = {
+            let body = delete_body(&campaign_id());
+            let mut r = head(
+                &token,
+                &format!(
+                    "Connection: close\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                ),
+            )
+            .into_bytes();
+            r.extend_from_slice(&body);
+            r
+        };
+        tokio::spawn(async move { raw_exchange(addr, &raw).await })
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let started = Instant::now();
+    let r = gw.delete(&token, None, &delete_body(&campaign_id())).await;
+    r.assert_gateway_error(503, "overloaded", "2");
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "shedding waited for the slot"
+    );
+    assert_eq!(first.await.unwrap().status, 204);
+    assert_eq!(w.batch().count(), 1);
+    gw.stop().await;
+}
