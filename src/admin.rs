@@ -11,7 +11,6 @@ use http_body_util::Full;
 use serde_json::json;
 
 use crate::App;
-use crate::secrets::SecretState;
 
 pub async fn handle<B>(app: Arc<App>, req: Request<B>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -34,21 +33,37 @@ pub async fn handle<B>(app: Arc<App>, req: Request<B>) -> Response<Full<Bytes>> 
 
 async fn readyz(app: &App) -> Response<Full<Bytes>> {
     let audit_ok = app.audit.recover().await;
-    let states = app.secrets.states();
+    let paths: Vec<(String, String)> = app
+        .config
+        .projects
+        .iter()
+        .map(|p| (p.alias.clone(), p.secret_path.clone()))
+        .collect();
+    let mut any_usable = false;
+    for (_, path) in &paths {
+        any_usable |= app.secrets.usable(path).await;
+    }
+    if !any_usable {
+        // Nothing cached (a quiet gateway, or a failing backend): ask the
+        // backend now, bounded, so only a backend that really fails turns
+        // the pod not-ready.
+        let refresh = async {
+            for (_, path) in &paths {
+                let _ = app.secrets.get(path).await;
+            }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), refresh).await;
+        for (_, path) in &paths {
+            any_usable |= app.secrets.usable(path).await;
+        }
+    }
     let mut projects = BTreeMap::new();
-    for p in &app.config.projects {
-        let st = states
-            .get(&p.secret_path)
-            .copied()
-            .unwrap_or(SecretState::Unknown);
-        projects.insert(p.alias.clone(), st);
+    for (alias, path) in &paths {
+        projects.insert(alias.clone(), app.secrets.state(path).await);
     }
     // One project's missing secret leaves the pod ready; a backend that
     // serves no project at all does not.
-    let any_secret = projects.is_empty()
-        || projects
-            .values()
-            .any(|s| matches!(s, SecretState::Ok | SecretState::Stale));
+    let any_secret = paths.is_empty() || any_usable;
     let issuers: BTreeMap<_, _> = app
         .config
         .auth

@@ -512,3 +512,74 @@ pub fn now_rfc3339() -> String {
     );
     now.format(&fmt).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tail_of(content: &[u8]) -> (Option<Vec<u8>>, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.jsonl");
+        std::fs::write(&p, content).unwrap();
+        let mut f = File::open(&p).unwrap();
+        let t = read_tail(&mut f).unwrap();
+        (t.last_line, t.torn)
+    }
+
+    #[test]
+    fn the_tail_is_the_last_complete_line_and_any_torn_bytes() {
+        assert_eq!(tail_of(b""), (None, vec![]));
+        assert_eq!(tail_of(b"a\nbb\n"), (Some(b"bb".to_vec()), vec![]));
+        assert_eq!(
+            tail_of(b"a\nbb\ncc"),
+            (Some(b"bb".to_vec()), b"cc".to_vec())
+        );
+        assert_eq!(tail_of(b"only-torn"), (None, b"only-torn".to_vec()));
+    }
+
+    #[test]
+    fn fingerprints_are_16_hex_of_hmac_sha256() {
+        let k = HmacKey::from_bytes(b"0123456789abcdef0123456789abcdef".to_vec());
+        let a = k.fingerprint(b"rk_1");
+        assert_eq!(a.len(), 16);
+        assert!(
+            a.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+        assert_ne!(a, k.fingerprint(b"rk_2"));
+        assert_eq!(format!("{k:?}"), "HmacKey([REDACTED])");
+    }
+
+    #[test]
+    fn a_short_hmac_key_is_refused_and_one_newline_stripped() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k");
+        std::fs::write(&p, "x".repeat(31) + "\n").unwrap();
+        assert!(matches!(
+            HmacKey::load(&p),
+            Err(HmacKeyError::TooShort { .. })
+        ));
+        std::fs::write(&p, "x".repeat(32) + "\n").unwrap();
+        let k = HmacKey::load(&p).unwrap();
+        assert_eq!(
+            k.fingerprint(b"d"),
+            HmacKey::from_bytes(b"x".repeat(32)).fingerprint(b"d")
+        );
+    }
+
+    #[tokio::test]
+    async fn records_are_chained_and_numbered() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sub/audit.jsonl");
+        let log = AuditLog::open(p.clone());
+        assert!(log.is_available());
+        for phase in [Phase::Denied, Phase::Attempt, Phase::Outcome] {
+            log.append(Record::new(phase), phase == Phase::Attempt)
+                .await
+                .unwrap();
+        }
+        drop(log);
+        let v = verify::verify(&[p], false).unwrap();
+        assert_eq!((v.records, v.first_seq, v.last_seq), (3, Some(1), Some(3)));
+    }
+}

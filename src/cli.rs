@@ -140,6 +140,14 @@ enum TokenCommand {
     Mint(crate::dev::MintArgs),
 }
 
+/// Writes a line to stdout; a closed pipe (`| head`) is not an error.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 /// Runs the command line; the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -150,7 +158,7 @@ pub fn main() -> ExitCode {
         Command::Audit(AuditCommand::Query(a)) => audit_query(a),
         Command::Token(TokenCommand::Mint(a)) => match crate::dev::mint(&a) {
             Ok(tok) => {
-                println!("{tok}");
+                say!("{tok}");
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -183,7 +191,7 @@ fn check_config(a: &CheckArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    println!("{}: ok", a.config.display());
+    say!("{}: ok", a.config.display());
     ExitCode::SUCCESS
 }
 
@@ -196,7 +204,7 @@ fn audit_verify(a: &VerifyArgs) -> ExitCode {
                 (Some(f), Some(l)) => format!(", seq {f}..{l}"),
                 _ => String::new(),
             };
-            println!(
+            say!(
                 "ok: {} records in {} file(s){range}; head {}{}",
                 v.records,
                 v.files,
@@ -210,7 +218,7 @@ fn audit_verify(a: &VerifyArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(b) => {
-            println!("FAILED: {b}");
+            say!("FAILED: {b}");
             ExitCode::from(1)
         }
     }
@@ -237,11 +245,18 @@ fn audit_query(a: QueryArgs) -> ExitCode {
     };
     match a.format {
         Format::Json => {
+            let mut out = std::io::stdout().lock();
             for (raw, _) in &rows {
-                println!("{raw}");
+                use std::io::Write as _;
+                if writeln!(out, "{raw}").is_err() {
+                    break;
+                }
             }
         }
-        Format::Table => print!("{}", verify::table(&rows)),
+        Format::Table => {
+            use std::io::Write as _;
+            let _ = write!(std::io::stdout().lock(), "{}", verify::table(&rows));
+        }
     }
     ExitCode::SUCCESS
 }
@@ -250,8 +265,10 @@ fn init_tracing(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),

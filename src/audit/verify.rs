@@ -138,9 +138,17 @@ pub fn verify(files: &[PathBuf], allow_pruned_start: bool) -> Result<Verified, B
                         return Err(bad(Some(seq), format!("seq {seq} does not follow {ps}")));
                     }
                     if prev != h {
+                        let before = if i == 0 {
+                            "the last line of the previous file".to_string()
+                        } else {
+                            format!("line {i}")
+                        };
                         return Err(bad(
                             Some(seq),
-                            "prev is not the SHA-256 of the previous line: a record was changed, removed or inserted".into(),
+                            format!(
+                                "prev does not match the SHA-256 of {before}: {before} was changed, \
+                                 or records between them were removed or inserted"
+                            ),
                         ));
                     }
                 }

@@ -1,0 +1,263 @@
+use super::*;
+
+const BASE: &str = r#"
+[auth]
+audiences = ["batch-gateway"]
+[[auth.issuers]]
+issuer = "https://idp.test"
+algorithms = ["EdDSA"]
+public_keys = ["keys/idp.pem"]
+[secrets]
+file = "secrets.toml"
+[audit]
+file = "audit/audit.jsonl"
+hmac_key_file = "hmac.key"
+[[projects]]
+alias = "marketing-prod"
+secret_path = "batch/marketing-prod"
+[[teams]]
+name = "growth"
+[[teams.grants]]
+project = "marketing-prod"
+actions = ["campaigns.delete"]
+"#;
+
+fn parse(extra: &str) -> Result<Config, ConfigErrors> {
+    // TOML tables may appear once: extra text that re-opens a table is
+    // merged by editing the document instead.
+    let mut doc: toml::Table = BASE.parse().unwrap();
+    let add: toml::Table = extra.parse().unwrap();
+    merge(&mut doc, add);
+    Config::parse(
+        &toml::to_string(&doc).unwrap(),
+        Path::new("/etc/bgw/gateway.toml"),
+    )
+}
+
+fn merge(into: &mut toml::Table, add: toml::Table) {
+    for (k, v) in add {
+        match (into.get_mut(&k), v) {
+            (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+            (Some(toml::Value::Array(a)), toml::Value::Array(b))
+                if a.iter().all(toml::Value::is_table) && b.iter().all(toml::Value::is_table) =>
+            {
+                for (i, item) in b.into_iter().enumerate() {
+                    match (a.get_mut(i), item) {
+                        (Some(toml::Value::Table(x)), toml::Value::Table(y)) => merge(x, y),
+                        (_, item) => a.push(item),
+                    }
+                }
+            }
+            (_, v) => {
+                into.insert(k, v);
+            }
+        }
+    }
+}
+
+fn problems(extra: &str) -> Vec<String> {
+    match parse(extra) {
+        Ok(_) => vec![],
+        Err(e) => e.0.iter().map(|p| p.to_string()).collect(),
+    }
+}
+
+#[test]
+fn the_minimal_config_gets_the_documented_defaults() {
+    let c = parse("").unwrap();
+    assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.server.admin_listen.to_string(), "127.0.0.1:9090");
+    assert_eq!(c.server.max_body_bytes, 65536);
+    assert_eq!(c.server.max_header_bytes, 16384);
+    assert_eq!(c.server.max_concurrent_requests, 1024);
+    assert_eq!(c.upstream.base_url.to_string(), "https://api.batch.com/");
+    assert_eq!(c.upstream.request_timeout, Duration::from_secs(10));
+    assert_eq!(c.auth.leeway_s, 30);
+    assert_eq!(c.auth.max_token_lifetime_s, 900);
+    assert_eq!(c.auth.team_claim, "team");
+    assert_eq!(c.secrets.cache_ttl, Duration::from_secs(300));
+    assert_eq!(c.secrets.stale_if_error, Duration::from_secs(3600));
+    assert!(!c.upstream.dry_run);
+}
+
+#[test]
+fn relative_paths_resolve_against_the_config_folder() {
+    let c = parse("").unwrap();
+    assert_eq!(c.audit.file, Path::new("/etc/bgw/audit/audit.jsonl"));
+    assert_eq!(
+        c.auth.issuers[0].public_keys[0],
+        Path::new("/etc/bgw/keys/idp.pem")
+    );
+    let SecretsBackend::File(f) = &c.secrets.backend;
+    assert_eq!(f, Path::new("/etc/bgw/secrets.toml"));
+    let c = parse("[audit]\nfile = \"/var/audit.jsonl\"").unwrap();
+    assert_eq!(c.audit.file, Path::new("/var/audit.jsonl"));
+}
+
+#[test]
+fn every_unknown_key_is_reported_with_its_path_in_one_run() {
+    let p = problems(
+        "[server]\nbogus = 1\n[upstream]\nretries = 3\n[[teams]]\n[[teams.grants]]\nactons = [\"x\"]\n",
+    );
+    assert!(p.iter().any(|s| s == "server.bogus: unknown key"), "{p:?}");
+    assert!(
+        p.iter().any(|s| s == "upstream.retries: unknown key"),
+        "{p:?}"
+    );
+    assert!(
+        p.iter().any(|s| s.contains("teams.0.grants.0.actons")),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn semantic_problems_are_reported_together_with_unknown_keys() {
+    let p = problems(
+        "[upstream]\nbogus = true\n[[teams]]\n[[teams.grants]]\nproject = \"ghost\"\nactions = [\"campaigns.nuke\"]\n",
+    );
+    assert!(p.iter().any(|s| s.contains("upstream.bogus")), "{p:?}");
+    assert!(
+        p.iter()
+            .any(|s| s.contains("teams[0].grants[0].project") && s.contains("ghost")),
+        "{p:?}"
+    );
+    assert!(p.iter().any(|s| s.contains("campaigns.nuke")), "{p:?}");
+}
+
+#[test]
+fn each_key_of_a_later_feature_is_refused_as_not_supported_yet() {
+    let cases = [
+        ("[server.tls]\ncert_file = \"c.pem\"", "server.tls"),
+        ("[auth]\nreplay_cache_size = 10", "auth.replay_cache_size"),
+        (
+            "[[auth.issuers]]\njwks_url = \"https://idp/jwks\"",
+            "auth.issuers[0].jwks_url",
+        ),
+        (
+            "[[auth.issuers]]\njwks_ca_file = \"ca.pem\"",
+            "auth.issuers[0].jwks_ca_file",
+        ),
+        (
+            "[[auth.issuers]]\njwks_refresh_s = 300",
+            "auth.issuers[0].jwks_refresh_s",
+        ),
+        (
+            "[[auth.issuers]]\njwks_min_refetch_s = 30",
+            "auth.issuers[0].jwks_min_refetch_s",
+        ),
+        (
+            "[[auth.issuers]]\njwks_stale_max_s = 3600",
+            "auth.issuers[0].jwks_stale_max_s",
+        ),
+        ("[[auth.issuers]]\ntyp = \"JWT\"", "auth.issuers[0].typ"),
+        (
+            "[secrets.vault]\naddress = \"https://vault:8200\"",
+            "secrets.vault",
+        ),
+        ("[secrets]\nbackend = \"vault\"", "secrets.backend"),
+        ("[audit]\nrotate_bytes = 1000", "audit.rotate_bytes"),
+        ("[audit]\nkeep_files = 3", "audit.keep_files"),
+        (
+            "[audit]\nsigning_key_file = \"s.pem\"",
+            "audit.signing_key_file",
+        ),
+        (
+            "[audit]\ncheckpoint_interval_s = 60",
+            "audit.checkpoint_interval_s",
+        ),
+        ("[audit]\nstdout = true", "audit.stdout"),
+        (
+            "[[teams]]\n[[teams.grants]]\nrequire_bound_token = true",
+            "teams[0].grants[0].require_bound_token",
+        ),
+        (
+            "[[teams]]\n[[teams.grants]]\nsingle_use_tokens = true",
+            "teams[0].grants[0].single_use_tokens",
+        ),
+        (
+            "[[teams]]\n[[teams.grants]]\nrate_per_minute = 60",
+            "teams[0].grants[0].rate_per_minute",
+        ),
+        (
+            "[[teams]]\n[[teams.grants]]\ndaily_quota = 200",
+            "teams[0].grants[0].daily_quota",
+        ),
+    ];
+    for (extra, key) in cases {
+        let p = problems(extra);
+        assert!(
+            p.iter()
+                .any(|s| s.starts_with(&format!("{key}:")) && s.contains("not supported yet")),
+            "{key}: {p:?}"
+        );
+    }
+}
+
+#[test]
+fn hmac_none_and_unknown_algorithms_cannot_be_pinned() {
+    for alg in ["HS256", "HS512", "none", "ES512", "eddsa"] {
+        let p = problems(&format!("[[auth.issuers]]\nalgorithms = [\"{alg}\"]"));
+        assert!(
+            p.iter()
+                .any(|s| s.contains("algorithms") && s.contains(alg)),
+            "{alg}: {p:?}"
+        );
+    }
+}
+
+#[test]
+fn unsafe_or_impossible_values_are_refused() {
+    for (extra, key) in [
+        (
+            "[server]\nmax_header_bytes = 1024",
+            "server.max_header_bytes",
+        ),
+        ("[server]\nmax_body_bytes = 0", "server.max_body_bytes"),
+        ("[server]\nlisten = \"localhost\"", "server.listen"),
+        (
+            "[server]\nlisten = \"127.0.0.1:7000\"\nadmin_listen = \"127.0.0.1:7000\"",
+            "server.admin_listen",
+        ),
+        (
+            "[upstream]\nbase_url = \"http://api.batch.com\"",
+            "upstream.base_url",
+        ),
+        (
+            "[upstream]\nbase_url = \"https://api.batch.com/?x=1\"",
+            "upstream.base_url",
+        ),
+        (
+            "[upstream]\nrequest_timeout_ms = 0",
+            "upstream.request_timeout_ms",
+        ),
+        ("[auth]\naudiences = []", "auth.audiences"),
+        ("[secrets]\nbackend = \"s3\"", "secrets.backend"),
+        ("[log]\nformat = \"xml\"", "log.format"),
+        (
+            "[[projects]]\nalias = \"batch/marketing-prod\"",
+            "projects[0].alias",
+        ),
+        (
+            "[[projects]]\n[[projects]]\nalias = \"marketing-prod\"\nsecret_path = \"x\"",
+            "projects[1].alias",
+        ),
+        (
+            "[[teams]]\n[[teams.grants]]\nactions = []",
+            "teams[0].grants[0].actions",
+        ),
+    ] {
+        let p = problems(extra);
+        assert!(p.iter().any(|s| s.starts_with(key)), "{key}: {p:?}");
+    }
+}
+
+#[test]
+fn missing_sections_are_named() {
+    let p = match Config::parse("", Path::new("/x/gateway.toml")) {
+        Err(e) => e.0.iter().map(|p| p.key.clone()).collect::<Vec<_>>(),
+        Ok(_) => vec![],
+    };
+    for key in ["auth", "secrets", "audit"] {
+        assert!(p.contains(&key.to_string()), "{p:?}");
+    }
+}
