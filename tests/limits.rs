@@ -178,3 +178,33 @@ async fn requests_over_max_concurrent_are_shed_at_once_with_503_overloaded() {
     assert_eq!(w.batch().count(), 1);
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_after_the_header_read_timeout() {
+    let w = World::new().await;
+    let gw = w
+        .start_with(|d| {
+            table(d, "server").insert("header_read_timeout_ms".into(), 300.into());
+        })
+        .await;
+    // Connect and send nothing at all, or finish one request and then idle.
+    let mut idle = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut buf = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), idle.read_to_end(&mut buf)).await;
+    assert!(r.is_ok(), "a silent connection stayed open");
+
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let body = delete_body(&campaign_id());
+    let mut raw = head(
+        &w.token("growth"),
+        &format!("Content-Length: {}\r\n\r\n", body.len()),
+    )
+    .into_bytes();
+    raw.extend_from_slice(&body);
+    s.write_all(&raw).await.unwrap();
+    let mut buf = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(r.is_ok(), "a keep-alive connection idled forever");
+    assert_eq!(parse_response(&buf).unwrap().status, 204);
+    gw.stop().await;
+}
