@@ -64,13 +64,9 @@ async fn readyz(app: &App) -> Response<Full<Bytes>> {
     // One project's missing secret leaves the pod ready; a backend that
     // serves no project at all does not.
     let any_secret = paths.is_empty() || any_usable;
-    let issuers: BTreeMap<_, _> = app
-        .config
-        .auth
-        .issuers
-        .iter()
-        .map(|i| (i.issuer.clone(), "ok"))
-        .collect();
+    // A stale or unavailable key set is reported, and leaves the pod ready:
+    // other issuers' callers still work.
+    let issuers: BTreeMap<_, _> = app.authn.key_set_states().into_iter().collect();
     let ready = audit_ok && any_secret;
     let body = json!({
         "ready": ready,

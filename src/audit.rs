@@ -56,6 +56,9 @@ pub struct Caller {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jti: Option<String>,
     pub token_fp: String,
+    /// The token was single-use and its `jti` is spent by this request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub single_use: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -8,6 +8,7 @@
 //! adds what jsonwebtoken leaves out (size cap, duplicate names, `crit`,
 //! claim JSON types, `iat` in the future, the lifetime cap, the team claim).
 
+pub mod jwks;
 pub mod keys;
 
 use std::collections::HashSet;
@@ -99,7 +100,18 @@ struct Issuer {
     name: String,
     algorithms: Vec<Algorithm>,
     keys: Vec<DecodingKey>,
+    jwks: Option<std::sync::Arc<jwks::Jwks>>,
+    typ: Option<String>,
     validation: Validation,
+}
+
+/// Why the authenticator cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthnBuildError {
+    #[error(transparent)]
+    Key(#[from] keys::KeyError),
+    #[error(transparent)]
+    Ca(#[from] crate::forward::CaError),
 }
 
 /// Verifies caller tokens against the configured issuers.
@@ -112,7 +124,8 @@ pub struct Authenticator {
 
 impl Authenticator {
     /// Loads every issuer's keys; fails on the first unusable key file.
-    pub fn new(auth: &AuthConfig) -> Result<Self, keys::KeyError> {
+    /// Key sets (JWKS) start empty: [`Authenticator::start`] fetches them.
+    pub fn new(auth: &AuthConfig) -> Result<Self, AuthnBuildError> {
         let mut issuers = Vec::new();
         for iss in &auth.issuers {
             let keys = iss
@@ -132,10 +145,16 @@ impl Authenticator {
             validation.validate_aud = true;
             validation.set_issuer(&[iss.issuer.as_str()]);
             validation.set_audience(&auth.audiences);
+            let jwks = match &iss.jwks {
+                Some(j) => Some(std::sync::Arc::new(jwks::Jwks::new(j, &iss.algorithms)?)),
+                None => None,
+            };
             issuers.push(Issuer {
                 name: iss.issuer.clone(),
                 algorithms: iss.algorithms.clone(),
                 keys,
+                jwks,
+                typ: iss.typ.clone(),
                 validation,
             });
         }
@@ -147,18 +166,59 @@ impl Authenticator {
         })
     }
 
+    /// Fetches every key set once (bounded) and keeps them fresh in the
+    /// background for as long as the runtime lives.
+    pub async fn start(&self) {
+        for iss in &self.issuers {
+            if let Some(j) = &iss.jwks {
+                if j.refresh().await.is_err() {
+                    tracing::warn!(issuer = %iss.name, "key set not available at start; its tokens are refused until a fetch succeeds");
+                }
+                let weak = std::sync::Arc::downgrade(j);
+                let every = j.refresh_interval();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(every).await;
+                        let Some(j) = weak.upgrade() else { return };
+                        let _ = j.refresh().await;
+                    }
+                });
+            }
+        }
+    }
+
+    /// Each issuer and the state of its keys (for `/readyz`).
+    pub fn key_set_states(&self) -> Vec<(String, &'static str)> {
+        self.issuers
+            .iter()
+            .map(|i| {
+                let st = i.jwks.as_ref().map_or("ok", |j| j.state().as_str());
+                (i.name.clone(), st)
+            })
+            .collect()
+    }
+
+    /// Fetches attempted for `issuer`'s key set.
+    pub fn key_set_fetches(&self, issuer: &str) -> u64 {
+        self.issuers
+            .iter()
+            .find(|i| i.name == issuer)
+            .and_then(|i| i.jwks.as_ref())
+            .map_or(0, |j| j.fetches.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     /// Authenticates the request's `Authorization` headers at the current time.
-    pub fn authenticate(
+    pub async fn authenticate(
         &self,
         headers: &http::HeaderMap,
     ) -> Result<(Principal, String), AuthError> {
         let token = bearer(headers)?;
-        let principal = self.verify(&token, now_s())?;
+        let principal = self.verify(&token, now_s()).await?;
         Ok((principal, token))
     }
 
     /// Verifies one compact JWS at time `now` (seconds since the epoch).
-    pub fn verify(&self, token: &str, now: i64) -> Result<Principal, AuthError> {
+    pub async fn verify(&self, token: &str, now: i64) -> Result<Principal, AuthError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::invalid("too_large"));
         }
@@ -186,6 +246,12 @@ impl Authenticator {
         if header.get("enc").is_some() || header.get("zip").is_some() {
             return Err(fail("encrypted_token"));
         }
+        // A nested JWT (RFC 7519 §5.2) is not a token this gateway accepts.
+        if let Some(Value::String(cty)) = header.get("cty")
+            && cty.eq_ignore_ascii_case("JWT")
+        {
+            return Err(fail("nested_token"));
+        }
         let alg_name = match header.get("alg") {
             Some(Value::String(s)) => s.as_str(),
             _ => return Err(fail("alg_missing")),
@@ -205,17 +271,38 @@ impl Authenticator {
             .ok()
             .filter(|a| issuer.algorithms.contains(a))
             .ok_or_else(|| fail("alg_not_allowed"))?;
+        if let Some(want) = &issuer.typ {
+            let ok = match header.get("typ") {
+                Some(Value::String(t)) => {
+                    let t = t.strip_prefix("application/").unwrap_or(t);
+                    t.eq_ignore_ascii_case(want)
+                }
+                _ => false,
+            };
+            if !ok {
+                return Err(fail("typ"));
+            }
+        }
         let family = keys::family_of(alg);
-        let candidates: Vec<&DecodingKey> = issuer
+        // Static keys have no kid: each that fits the algorithm is tried.
+        let mut candidates: Vec<DecodingKey> = issuer
             .keys
             .iter()
             .filter(|k| k.family() == family)
+            .cloned()
             .collect();
+        if let Some(set) = &issuer.jwks {
+            match set.keys_for(unverified.kid.as_deref(), alg).await {
+                Ok(keys) => candidates.extend(keys.into_iter().map(|k| k.key)),
+                Err(detail) if candidates.is_empty() => return Err(fail(detail)),
+                Err(_) => {}
+            }
+        }
         if candidates.is_empty() {
             return Err(fail("unknown_kid"));
         }
         let mut verified = false;
-        for key in candidates {
+        for key in &candidates {
             match jsonwebtoken::decode::<Value>(token, key, &issuer.validation) {
                 Ok(_) => {
                     verified = true;

@@ -117,7 +117,7 @@ struct RawAuth {
     leeway_s: Option<u64>,
     max_token_lifetime_s: Option<u64>,
     team_claim: Option<String>,
-    replay_cache_size: Option<toml::Value>,
+    replay_cache_size: Option<u64>,
     #[serde(default)]
     issuers: Vec<RawIssuer>,
 }
@@ -127,12 +127,12 @@ struct RawIssuer {
     issuer: Option<String>,
     algorithms: Option<Vec<String>>,
     public_keys: Option<Vec<String>>,
-    jwks_url: Option<toml::Value>,
-    jwks_ca_file: Option<toml::Value>,
-    jwks_refresh_s: Option<toml::Value>,
-    jwks_min_refetch_s: Option<toml::Value>,
-    jwks_stale_max_s: Option<toml::Value>,
-    typ: Option<toml::Value>,
+    jwks_url: Option<String>,
+    jwks_ca_file: Option<String>,
+    jwks_refresh_s: Option<u64>,
+    jwks_min_refetch_s: Option<u64>,
+    jwks_stale_max_s: Option<u64>,
+    typ: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -178,8 +178,8 @@ struct RawTeam {
 struct RawGrant {
     project: Option<String>,
     actions: Option<Vec<String>>,
-    require_bound_token: Option<toml::Value>,
-    single_use_tokens: Option<toml::Value>,
+    require_bound_token: Option<bool>,
+    single_use_tokens: Option<bool>,
     dry_run: Option<bool>,
     rate_per_minute: Option<toml::Value>,
     daily_quota: Option<toml::Value>,
@@ -250,6 +250,9 @@ pub struct AuthConfig {
     pub max_token_lifetime_s: u64,
     /// Defaults to `team`.
     pub team_claim: String,
+    /// Single-use `jti`s remembered; when full, new single-use tokens are
+    /// refused. Defaults to 1 000 000.
+    pub replay_cache_size: u64,
     pub issuers: Vec<IssuerConfig>,
 }
 
@@ -258,6 +261,23 @@ pub struct IssuerConfig {
     pub issuer: String,
     pub algorithms: Vec<jsonwebtoken::Algorithm>,
     pub public_keys: Vec<PathBuf>,
+    pub jwks: Option<JwksConfig>,
+    /// When set, the token header's `typ` must equal it (case-insensitive).
+    pub typ: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct JwksConfig {
+    /// `https://` URL of the key set.
+    pub url: http::Uri,
+    /// Extra trust roots for the identity provider (PEM).
+    pub ca_file: Option<PathBuf>,
+    /// Defaults to 300 s.
+    pub refresh: Duration,
+    /// An unknown `kid` refetches at most this often. Defaults to 30 s.
+    pub min_refetch: Duration,
+    /// The last good set is used this long while the IdP is down. Defaults to 3600 s.
+    pub stale_max: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -312,6 +332,10 @@ pub struct GrantConfig {
     pub actions: Vec<Action>,
     /// This grant's requests are checked and audited, never forwarded. Defaults to false.
     pub dry_run: bool,
+    /// Tokens must carry `htm`, `htu`, `bh` and `jti`. Defaults to false.
+    pub require_bound_token: bool,
+    /// Every token needs a `jti`, accepted once. Defaults to false.
+    pub single_use_tokens: bool,
 }
 
 /// Algorithms an issuer may pin. HMAC algorithms and `none` are impossible by
@@ -371,6 +395,11 @@ impl Config {
                 if let Err(e) = keys::load_public_key(path, &iss.algorithms) {
                     p.add(format!("auth.issuers[{i}].public_keys[{j}]"), e.to_string());
                 }
+            }
+            if let Some(ca) = iss.jwks.as_ref().and_then(|j| j.ca_file.as_ref())
+                && let Err(e) = crate::forward::load_ca_file(ca)
+            {
+                p.add(format!("auth.issuers[{i}].jwks_ca_file"), e.to_string());
             }
         }
         if let Some(ca) = &self.upstream.ca_file
@@ -509,7 +538,10 @@ fn validate(raw: RawConfig, base: &Path, source: &Path, p: &mut Problems) -> Opt
             None
         }
         Some(a) => {
-            p.unsupported("auth.replay_cache_size", a.replay_cache_size.is_some());
+            let replay_cache_size = a.replay_cache_size.unwrap_or(1_000_000);
+            if replay_cache_size == 0 {
+                p.add("auth.replay_cache_size", "must be greater than 0");
+            }
             let audiences = a.audiences.unwrap_or_default();
             if audiences.is_empty() || audiences.iter().any(String::is_empty) {
                 p.add(
@@ -536,6 +568,7 @@ fn validate(raw: RawConfig, base: &Path, source: &Path, p: &mut Problems) -> Opt
                 leeway_s: a.leeway_s.unwrap_or(30),
                 max_token_lifetime_s: a.max_token_lifetime_s.unwrap_or(900),
                 team_claim,
+                replay_cache_size,
                 issuers,
             })
         }
@@ -672,14 +705,6 @@ fn validate(raw: RawConfig, base: &Path, source: &Path, p: &mut Problems) -> Opt
         for (j, g) in t.grants.into_iter().enumerate() {
             let key = format!("teams[{i}].grants[{j}]");
             p.unsupported(
-                format!("{key}.require_bound_token"),
-                g.require_bound_token.is_some(),
-            );
-            p.unsupported(
-                format!("{key}.single_use_tokens"),
-                g.single_use_tokens.is_some(),
-            );
-            p.unsupported(
                 format!("{key}.rate_per_minute"),
                 g.rate_per_minute.is_some(),
             );
@@ -712,6 +737,8 @@ fn validate(raw: RawConfig, base: &Path, source: &Path, p: &mut Problems) -> Opt
                 project,
                 actions,
                 dry_run: g.dry_run.unwrap_or(false),
+                require_bound_token: g.require_bound_token.unwrap_or(false),
+                single_use_tokens: g.single_use_tokens.unwrap_or(false),
             });
         }
         teams.push(TeamConfig { name, grants });
@@ -738,16 +765,6 @@ fn validate_issuer(
     p: &mut Problems,
 ) -> IssuerConfig {
     let key = format!("auth.issuers[{i}]");
-    for (name, present) in [
-        ("jwks_url", iss.jwks_url.is_some()),
-        ("jwks_ca_file", iss.jwks_ca_file.is_some()),
-        ("jwks_refresh_s", iss.jwks_refresh_s.is_some()),
-        ("jwks_min_refetch_s", iss.jwks_min_refetch_s.is_some()),
-        ("jwks_stale_max_s", iss.jwks_stale_max_s.is_some()),
-        ("typ", iss.typ.is_some()),
-    ] {
-        p.unsupported(format!("{key}.{name}"), present);
-    }
     let issuer = iss.issuer.unwrap_or_default();
     if issuer.is_empty() {
         p.add(format!("{key}.issuer"), "required");
@@ -783,16 +800,62 @@ fn validate_issuer(
         .iter()
         .map(|k| resolve(k))
         .collect();
-    if public_keys.is_empty() {
+    let jwks = match iss.jwks_url {
+        None => {
+            for (name, present) in [
+                ("jwks_ca_file", iss.jwks_ca_file.is_some()),
+                ("jwks_refresh_s", iss.jwks_refresh_s.is_some()),
+                ("jwks_min_refetch_s", iss.jwks_min_refetch_s.is_some()),
+                ("jwks_stale_max_s", iss.jwks_stale_max_s.is_some()),
+            ] {
+                if present {
+                    p.add(format!("{key}.{name}"), "only meaningful with jwks_url");
+                }
+            }
+            None
+        }
+        Some(url) => {
+            let uri = match url.parse::<http::Uri>() {
+                Ok(u) if u.scheme_str() == Some("https") && u.authority().is_some() => u,
+                _ => {
+                    p.add(
+                        format!("{key}.jwks_url"),
+                        format!("{url:?} must be an https:// URL"),
+                    );
+                    http::Uri::from_static("https://invalid.invalid")
+                }
+            };
+            let secs = |name: &str, v: Option<u64>, default: u64, p: &mut Problems| {
+                let v = v.unwrap_or(default);
+                if v == 0 {
+                    p.add(format!("{key}.{name}"), "must be greater than 0");
+                }
+                Duration::from_secs(v)
+            };
+            Some(JwksConfig {
+                url: uri,
+                ca_file: iss.jwks_ca_file.as_deref().map(resolve),
+                refresh: secs("jwks_refresh_s", iss.jwks_refresh_s, 300, p),
+                min_refetch: secs("jwks_min_refetch_s", iss.jwks_min_refetch_s, 30, p),
+                stale_max: secs("jwks_stale_max_s", iss.jwks_stale_max_s, 3600, p),
+            })
+        }
+    };
+    if public_keys.is_empty() && jwks.is_none() {
         p.add(
             format!("{key}.public_keys"),
-            "at least one PEM public key is required (jwks_url is not supported yet)",
+            "give public_keys (PEM files), jwks_url, or both",
         );
+    }
+    if iss.typ.as_deref() == Some("") {
+        p.add(format!("{key}.typ"), "must not be empty when set");
     }
     IssuerConfig {
         issuer,
         algorithms,
         public_keys,
+        jwks,
+        typ: iss.typ,
     }
 }
 

@@ -56,6 +56,10 @@ pub struct MintArgs {
     /// Extra claim NAME=VALUE (VALUE read as JSON when it parses, else as a string).
     #[arg(long = "claim", value_name = "NAME=VALUE")]
     pub claims: Vec<String>,
+    /// Bind the token to one request: sets htm, htu and bh (SHA-256 of the
+    /// body file's exact bytes, base64url). Such a token is single-use.
+    #[arg(long, num_args = 3, value_names = ["METHOD", "PATH", "BODY_FILE"])]
+    pub bind: Option<Vec<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +118,15 @@ pub fn mint(args: &MintArgs) -> Result<String, DevError> {
     claims.insert(args.team_claim.clone(), team);
     if !args.no_jti {
         claims.insert("jti".into(), json!(uuid::Uuid::new_v4().to_string()));
+    }
+    if let Some([method, path, body_file]) = args.bind.as_deref() {
+        use sha2::Digest;
+        let body = std::fs::read(body_file).map_err(io(format!("cannot read {body_file}")))?;
+        let bh =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(&body));
+        claims.insert("htm".into(), json!(method));
+        claims.insert("htu".into(), json!(path));
+        claims.insert("bh".into(), json!(bh));
     }
     for c in &args.claims {
         let (k, v) = c
@@ -233,6 +246,7 @@ pub fn prepare(
         kid: None,
         no_jti: false,
         claims: vec![],
+        bind: None,
     })?;
     let setup = DevSetup {
         dir: dir.to_path_buf(),

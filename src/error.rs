@@ -17,6 +17,7 @@ pub enum Reject {
     TokenInvalid,
     TokenExpired,
     TokenBindingMismatch,
+    TokenReplayed,
     RouteNotFound,
     Forbidden,
     MalformedJson,
@@ -41,6 +42,7 @@ impl Reject {
         Reject::TokenInvalid,
         Reject::TokenExpired,
         Reject::TokenBindingMismatch,
+        Reject::TokenReplayed,
         Reject::RouteNotFound,
         Reject::Forbidden,
         Reject::MalformedJson,
@@ -64,6 +66,7 @@ impl Reject {
             Reject::TokenInvalid => "token_invalid",
             Reject::TokenExpired => "token_expired",
             Reject::TokenBindingMismatch => "token_binding_mismatch",
+            Reject::TokenReplayed => "token_replayed",
             Reject::RouteNotFound => "route_not_found",
             Reject::Forbidden => "forbidden",
             Reject::MalformedJson => "malformed_json",
@@ -86,7 +89,8 @@ impl Reject {
             Reject::TokenMissing
             | Reject::TokenInvalid
             | Reject::TokenExpired
-            | Reject::TokenBindingMismatch => StatusCode::UNAUTHORIZED,
+            | Reject::TokenBindingMismatch
+            | Reject::TokenReplayed => StatusCode::UNAUTHORIZED,
             Reject::RouteNotFound => StatusCode::NOT_FOUND,
             Reject::Forbidden => StatusCode::FORBIDDEN,
             Reject::MalformedJson
@@ -110,7 +114,8 @@ impl Reject {
             Reject::TokenMissing
             | Reject::TokenInvalid
             | Reject::TokenExpired
-            | Reject::TokenBindingMismatch => "10",
+            | Reject::TokenBindingMismatch
+            | Reject::TokenReplayed => "10",
             Reject::Forbidden => "12",
             Reject::RouteNotFound => "20",
             Reject::MissingParameter => "30",
@@ -132,7 +137,10 @@ impl Reject {
             }
             Reject::TokenExpired => "the bearer token has expired; get a fresh one",
             Reject::TokenBindingMismatch => {
-                "the token's htm/htu/bh claims do not match this request"
+                "the token's htm/htu/bh claims do not match this request, or this grant needs a token bound to it (htm, htu, bh and jti)"
+            }
+            Reject::TokenReplayed => {
+                "this single-use token (jti) was already used; get a fresh token"
             }
             Reject::RouteNotFound => {
                 "no such route: this gateway serves POST /2.N/campaigns/delete"
@@ -232,7 +240,10 @@ pub fn rescue(err: &GatewayError, request_id: Option<&str>) -> Response<Full<Byt
                 HeaderValue::from_static("Bearer realm=\"batch-gateway\""),
             );
         }
-        Reject::TokenInvalid | Reject::TokenExpired | Reject::TokenBindingMismatch => {
+        Reject::TokenInvalid
+        | Reject::TokenExpired
+        | Reject::TokenBindingMismatch
+        | Reject::TokenReplayed => {
             h.insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"batch-gateway\", error=\"invalid_token\""),

@@ -66,6 +66,41 @@ pub fn load_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, CaError
     Ok(certs)
 }
 
+/// An HTTPS-only connector trusting the webpki roots plus `ca_file`.
+/// Shared by the upstream client and the JWKS fetcher.
+pub fn https_connector(
+    ca_file: Option<&Path>,
+    connect_timeout: Duration,
+) -> Result<HttpsConnector<HttpConnector>, CaError> {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(ca) = ca_file {
+        for cert in load_ca_file(ca)? {
+            roots.add(cert).map_err(|_| CaError::Bad {
+                path: ca.display().to_string(),
+            })?;
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|_| CaError::Bad {
+            path: "(rustls protocol versions)".into(),
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_nodelay(true);
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http))
+}
+
 /// What Batch answered, already filtered for the caller.
 #[derive(Debug)]
 pub struct Answer {
@@ -111,33 +146,7 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn new(cfg: &UpstreamConfig) -> Result<Self, CaError> {
-        let mut roots = RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        if let Some(ca) = &cfg.ca_file {
-            for cert in load_ca_file(ca)? {
-                roots.add(cert).map_err(|_| CaError::Bad {
-                    path: ca.display().to_string(),
-                })?;
-            }
-        }
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|_| CaError::Bad {
-                path: "(rustls protocol versions)".into(),
-            })?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(cfg.connect_timeout));
-        http.set_nodelay(true);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
+        let https = https_connector(cfg.ca_file.as_deref(), cfg.connect_timeout)?;
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(64)

@@ -31,6 +31,7 @@ use crate::forward::ForwardError;
 use crate::json::{JsonError, parse_object};
 use crate::metrics::{KindLabels, RequestLabels, status_class};
 use crate::policy::{self, Forbidden};
+use crate::replay::ReplayError;
 
 /// Everything the audit records of one request share.
 #[derive(Debug, Default)]
@@ -190,7 +191,7 @@ async fn pipeline(
     };
 
     // 1. Authenticate.
-    let (principal, token) = app.authn.authenticate(&parts.headers).map_err(|e| {
+    let (principal, token) = app.authn.authenticate(&parts.headers).await.map_err(|e| {
         trace.unverified = e.unverified.clone();
         let kind = match e.kind {
             AuthFailure::Missing => Reject::TokenMissing,
@@ -208,6 +209,7 @@ async fn pipeline(
         },
         jti: principal.jti.clone(),
         token_fp: app.hmac.fingerprint(token.as_bytes()),
+        single_use: None,
     });
     drop(token);
 
@@ -239,8 +241,51 @@ async fn pipeline(
     trace.campaign_id = Some(campaign_id.clone());
     let canonical = Bytes::from(serde_json::json!({ "id": campaign_id }).to_string());
 
-    // 5. Request binding.
-    check_binding(&principal.binding, parts.method.as_str(), target, &body)?;
+    // 5. Request binding, then single use.
+    let b = &principal.binding;
+    if permit.require_bound_token
+        && (b.htm.is_none() || b.htu.is_none() || b.bh.is_none() || principal.jti.is_none())
+    {
+        return Err(GatewayError::new(Reject::TokenBindingMismatch).detail("bound_token_required"));
+    }
+    check_binding(b, parts.method.as_str(), target, &body)?;
+    let bound = b.htm.is_some() || b.htu.is_some() || b.bh.is_some();
+    let mut reservation = if bound || permit.single_use_tokens {
+        let jti = principal.jti.as_deref().ok_or_else(|| {
+            GatewayError::new(Reject::TokenInvalid)
+                .detail("jti_required")
+                .message("a single-use token must carry a jti claim")
+        })?;
+        let leeway = i64::try_from(app.config.auth.leeway_s).unwrap_or(i64::MAX);
+        let reserved =
+            app.replay
+                .reserve(&principal.iss, jti, principal.exp.saturating_add(leeway));
+        if let Err(e) = reserved {
+            let kind = match e {
+                ReplayError::Replayed => "replayed",
+                ReplayError::Full => "replay_memory_full",
+            };
+            app.metrics
+                .replay_rejections
+                .get_or_create(&KindLabels { kind })
+                .inc();
+            return Err(match e {
+                ReplayError::Replayed => GatewayError::new(Reject::TokenReplayed).detail(kind),
+                ReplayError::Full => GatewayError::new(Reject::Overloaded).detail(kind),
+            });
+        }
+        if let Some(c) = trace.caller.as_mut() {
+            c.single_use = Some(true);
+        }
+        Some(Reserved {
+            app,
+            iss: principal.iss.clone(),
+            jti: jti.to_string(),
+            spent: false,
+        })
+    } else {
+        None
+    };
 
     // 6. Secrets.
     let (secret, freshness) = app.secrets.get(&permit.secret_path).await.map_err(|e| {
@@ -281,6 +326,10 @@ async fn pipeline(
         ));
     }
     trace.allowed = true;
+    // The attempt is durable: the jti is spent, whatever happens next.
+    if let Some(r) = reservation.as_mut() {
+        r.spent = true;
+    }
 
     // 8. Forward (or, in dry run, answer as Batch would).
     let mut outcome = trace.record(Phase::Outcome);
@@ -347,6 +396,23 @@ async fn pipeline(
                 &GatewayError::new(kind).detail(detail),
                 Some(&trace.request_id),
             ))
+        }
+    }
+}
+
+/// A single-use `jti` reserved for this request; given back on drop unless
+/// the request got as far as its durable attempt record.
+struct Reserved<'a> {
+    app: &'a App,
+    iss: String,
+    jti: String,
+    spent: bool,
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        if !self.spent {
+            self.app.replay.release(&self.iss, &self.jti);
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod json;
 pub mod listen;
 pub mod metrics;
 pub mod policy;
+pub mod replay;
 pub mod secrets;
 
 use std::sync::Arc;
@@ -36,7 +37,7 @@ use crate::secrets::{FileSource, SecretCache};
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     #[error(transparent)]
-    Key(#[from] authn::keys::KeyError),
+    Authn(#[from] authn::AuthnBuildError),
     #[error(transparent)]
     Ca(#[from] forward::CaError),
     #[error(transparent)]
@@ -53,6 +54,7 @@ pub struct App {
     pub upstream: Upstream,
     pub metrics: Metrics,
     pub inflight: Arc<Semaphore>,
+    pub replay: replay::ReplayCache,
 }
 
 impl App {
@@ -62,6 +64,7 @@ impl App {
     /// answered per request.
     pub async fn build(config: Config) -> Result<Arc<App>, BuildError> {
         let authn = Authenticator::new(&config.auth)?;
+        authn.start().await;
         let upstream = Upstream::new(&config.upstream)?;
         let hmac = HmacKey::load(&config.audit.hmac_key_file)?;
         let SecretsBackend::File(path) = &config.secrets.backend;
@@ -71,6 +74,18 @@ impl App {
             config.secrets.cache_ttl,
             config.secrets.stale_if_error,
         );
+        let replay = replay::ReplayCache::new(config.auth.replay_cache_size);
+        let restored = replay.rebuild_from_audit(
+            &config.audit.file,
+            i64::try_from(config.auth.max_token_lifetime_s).unwrap_or(i64::MAX),
+            i64::try_from(config.auth.leeway_s).unwrap_or(i64::MAX),
+        );
+        if restored > 0 {
+            tracing::info!(
+                restored,
+                "single-use token ids restored from the audit trail"
+            );
+        }
         let audit = AuditLog::open(config.audit.file.clone());
         let inflight = Arc::new(Semaphore::new(config.server.max_concurrent_requests));
         let app = Arc::new(App {
@@ -82,6 +97,7 @@ impl App {
             upstream,
             metrics: Metrics::new(),
             inflight,
+            replay,
         });
         for p in &app.config.projects {
             if let Err(e) = app.secrets.get(&p.secret_path).await {

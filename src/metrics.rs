@@ -32,6 +32,7 @@ pub struct Metrics {
     pub audit_failures: Counter,
     pub secret_failures: Family<KindLabels, Counter>,
     pub in_flight: Gauge,
+    pub replay_rejections: Family<KindLabels, Counter>,
 }
 
 fn buckets() -> impl Iterator<Item = f64> {
@@ -83,6 +84,12 @@ impl Metrics {
             "Requests being handled",
             in_flight.clone(),
         );
+        let replay_rejections = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "replay_rejections",
+            "Single-use tokens refused: replayed, or the replay memory full",
+            replay_rejections.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             requests,
@@ -92,6 +99,7 @@ impl Metrics {
             audit_failures,
             secret_failures,
             in_flight,
+            replay_rejections,
         }
     }
 

@@ -66,6 +66,10 @@ pub struct Permit {
     pub action: Action,
     /// The grant says: check and audit, never forward.
     pub dry_run: bool,
+    /// A grant that allows this demands a request-bound token.
+    pub require_bound_token: bool,
+    /// A grant that allows this makes every token single-use.
+    pub single_use_tokens: bool,
 }
 
 /// Why a caller was refused at step 3.
@@ -133,6 +137,9 @@ pub fn authorize(
         action,
         // A request is live only if every grant that allows it is live.
         dry_run: matching.iter().all(|g| g.dry_run),
+        // The strictest grant's token rules apply.
+        require_bound_token: matching.iter().any(|g| g.require_bound_token),
+        single_use_tokens: matching.iter().any(|g| g.single_use_tokens),
     })
 }
 

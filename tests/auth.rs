@@ -18,22 +18,25 @@ fn authenticator(w: &World, key: &SigningKey, algs: &[Algorithm]) -> Authenticat
         leeway_s: 30,
         max_token_lifetime_s: 900,
         team_claim: "team".into(),
+        replay_cache_size: 1000,
         issuers: vec![IssuerConfig {
             issuer: ISS.into(),
             algorithms: algs.to_vec(),
             public_keys: vec![path],
+            jwks: None,
+            typ: None,
         }],
     })
     .unwrap()
 }
 
-fn detail(a: &Authenticator, token: &str) -> (AuthFailure, &'static str) {
-    let e = a.verify(token, now()).unwrap_err();
+async fn detail(a: &Authenticator, token: &str) -> (AuthFailure, &'static str) {
+    let e = a.verify(token, now()).await.unwrap_err();
     (e.kind, e.detail)
 }
 
-#[test]
-fn every_pinned_algorithm_verifies_its_own_tokens_and_no_other() {
+#[tokio::test]
+async fn every_pinned_algorithm_verifies_its_own_tokens_and_no_other() {
     let w = World::without_batch();
     let algs = [
         Algorithm::EdDSA,
@@ -45,7 +48,10 @@ fn every_pinned_algorithm_verifies_its_own_tokens_and_no_other() {
     for alg in algs {
         let key = SigningKey::generate(alg);
         let a = authenticator(&w, &key, &[alg]);
-        let p = a.verify(&key.sign(&claims(ISS, "growth")), now()).unwrap();
+        let p = a
+            .verify(&key.sign(&claims(ISS, "growth")), now())
+            .await
+            .unwrap();
         assert_eq!(
             (p.sub.as_str(), p.teams.clone()),
             ("svc-cleaner", vec!["growth".to_string()])
@@ -53,28 +59,28 @@ fn every_pinned_algorithm_verifies_its_own_tokens_and_no_other() {
         // A stranger's key of the same algorithm does not verify.
         let stranger = SigningKey::generate(alg);
         assert_eq!(
-            detail(&a, &stranger.sign(&claims(ISS, "growth"))).1,
+            detail(&a, &stranger.sign(&claims(ISS, "growth"))).await.1,
             "bad_signature",
             "{alg:?}"
         );
     }
 }
 
-#[test]
-fn rs256_key_cannot_be_used_with_ps256_when_only_rs256_is_pinned() {
+#[tokio::test]
+async fn rs256_key_cannot_be_used_with_ps256_when_only_rs256_is_pinned() {
     let w = World::without_batch();
     let key = SigningKey::generate(Algorithm::RS256);
     let a = authenticator(&w, &key, &[Algorithm::RS256]);
     let mut ps = key.clone();
     ps.alg = Algorithm::PS256;
     assert_eq!(
-        detail(&a, &ps.sign(&claims(ISS, "growth"))).1,
+        detail(&a, &ps.sign(&claims(ISS, "growth"))).await.1,
         "alg_not_allowed"
     );
 }
 
-#[test]
-fn wrong_json_types_of_aud_and_iss_are_refused_not_skipped() {
+#[tokio::test]
+async fn wrong_json_types_of_aud_and_iss_are_refused_not_skipped() {
     // jsonwebtoken skips aud/iss checks on wrong types unless required:
     // the gateway checks types itself.
     let w = World::without_batch();
@@ -100,12 +106,16 @@ fn wrong_json_types_of_aud_and_iss_are_refused_not_skipped() {
         (json!({"team": ["growth", 3]}), "team_claim"),
     ] {
         let tok = w.ed.sign(&with(c.clone(), changes.clone()));
-        assert_eq!(detail(&a, &tok), (AuthFailure::Invalid, want), "{changes}");
+        assert_eq!(
+            detail(&a, &tok).await,
+            (AuthFailure::Invalid, want),
+            "{changes}"
+        );
     }
 }
 
-#[test]
-fn nbf_iat_exp_and_lifetime_are_checked_with_leeway() {
+#[tokio::test]
+async fn nbf_iat_exp_and_lifetime_are_checked_with_leeway() {
     let w = World::without_batch();
     let a = authenticator(&w, &w.ed, &[Algorithm::EdDSA]);
     let n = now();
@@ -137,33 +147,33 @@ fn nbf_iat_exp_and_lifetime_are_checked_with_leeway() {
     for (changes, want) in cases {
         let tok = w.ed.sign(&with(c.clone(), changes.clone()));
         match want {
-            None => assert!(a.verify(&tok, n).is_ok(), "{changes}"),
-            Some(w) => assert_eq!(detail(&a, &tok), w, "{changes}"),
+            None => assert!(a.verify(&tok, n).await.is_ok(), "{changes}"),
+            Some(w) => assert_eq!(detail(&a, &tok).await, w, "{changes}"),
         }
     }
 }
 
-#[test]
-fn crit_duplicate_names_and_oversized_tokens_are_refused() {
+#[tokio::test]
+async fn crit_duplicate_names_and_oversized_tokens_are_refused() {
     let w = World::without_batch();
     let a = authenticator(&w, &w.ed, &[Algorithm::EdDSA]);
     let payload = claims(ISS, "growth").to_string();
     let crit = sign_raw(&w.ed, r#"{"alg":"EdDSA","crit":["exp"],"exp":1}"#, &payload);
-    assert_eq!(detail(&a, &crit).1, "crit_unsupported");
+    assert_eq!(detail(&a, &crit).await.1, "crit_unsupported");
     let dup_header = sign_raw(&w.ed, r#"{"alg":"EdDSA","alg":"EdDSA"}"#, &payload);
-    assert_eq!(detail(&a, &dup_header).1, "duplicate_member");
+    assert_eq!(detail(&a, &dup_header).await.1, "duplicate_member");
     let dup_payload = format!("{},\"team\":\"ops\"}}", payload.trim_end_matches('}'));
     let tok = sign_raw(&w.ed, r#"{"alg":"EdDSA"}"#, &dup_payload);
-    assert_eq!(detail(&a, &tok).1, "duplicate_member");
+    assert_eq!(detail(&a, &tok).await.1, "duplicate_member");
     // Properly signed but over 8 KiB: refused before decoding.
     let big = w.ed.sign(&with(
         claims(ISS, "growth"),
         json!({"pad": "x".repeat(9000)}),
     ));
-    assert_eq!(detail(&a, &big).1, "too_large");
+    assert_eq!(detail(&a, &big).await.1, "too_large");
     // Unsigned, HMAC-confused and JWE-shaped tokens.
     let none = format!("{}.{}.", b64(br#"{"alg":"none"}"#), b64(payload.as_bytes()));
-    assert_eq!(detail(&a, &none).1, "malformed");
+    assert_eq!(detail(&a, &none).await.1, "malformed");
     let hs = sign_raw(
         &SigningKey {
             alg: Algorithm::EdDSA,
@@ -172,17 +182,20 @@ fn crit_duplicate_names_and_oversized_tokens_are_refused() {
         r#"{"alg":"HS256"}"#,
         &payload,
     );
-    assert_eq!(detail(&a, &hs).1, "alg_not_allowed");
-    assert_eq!(detail(&a, "a.b.c.d.e").1, "malformed");
+    assert_eq!(detail(&a, &hs).await.1, "alg_not_allowed");
+    assert_eq!(detail(&a, "a.b.c.d.e").await.1, "malformed");
 }
 
-#[test]
-fn a_team_claim_may_be_an_array_of_teams() {
+#[tokio::test]
+async fn a_team_claim_may_be_an_array_of_teams() {
     let w = World::without_batch();
     let a = authenticator(&w, &w.ed, &[Algorithm::EdDSA]);
     let tok =
         w.ed.sign(&with(claims(ISS, "x"), json!({"team": ["growth", "ops"]})));
-    assert_eq!(a.verify(&tok, now()).unwrap().teams, vec!["growth", "ops"]);
+    assert_eq!(
+        a.verify(&tok, now()).await.unwrap().teams,
+        vec!["growth", "ops"]
+    );
 }
 
 #[tokio::test]

@@ -218,8 +218,8 @@ fn serve_dev_answers_its_own_curl_line_in_dry_run_and_stops_on_sigint() {
     assert_eq!(mode & 0o077, 0);
 }
 
-#[test]
-fn token_mint_signs_what_the_gateway_verifies() {
+#[tokio::test]
+async fn token_mint_signs_what_the_gateway_verifies() {
     let w = World::without_batch();
     let key = w.write("idp.key.pem", &w.ed.private_pem);
     let (code, token) = run(&[
@@ -243,9 +243,35 @@ fn token_mint_signs_what_the_gateway_verifies() {
     assert_eq!(code, 0, "{token}");
     let cfg = w.config(|_| {});
     let authn = batch_gateway::authn::Authenticator::new(&cfg.auth).unwrap();
-    let p = authn.verify(token.trim(), now()).unwrap();
+    let p = authn.verify(token.trim(), now()).await.unwrap();
     assert_eq!(p.teams, vec!["growth", "ops"]);
     assert_eq!(p.binding.htm.as_deref(), Some("POST"));
+    // --bind sets htm, htu and bh over the body file's exact bytes.
+    let body = w.write("body.json", "{\"id\":\"x\"}\n");
+    let (code, bound) = run(&[
+        "token",
+        "mint",
+        "--key",
+        key.to_str().unwrap(),
+        "--iss",
+        ISS,
+        "--sub",
+        "svc",
+        "--team",
+        "growth",
+        "--bind",
+        "POST",
+        DELETE,
+        body.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{bound}");
+    let p = authn.verify(bound.trim(), now()).await.unwrap();
+    let want = b64(&{
+        use sha2::Digest;
+        sha2::Sha256::digest(b"{\"id\":\"x\"}\n")
+    });
+    assert_eq!(p.binding.htu.as_deref(), Some(DELETE));
+    assert_eq!(p.binding.bh, Some(want));
     let (code, text) = run(&[
         "token",
         "mint",

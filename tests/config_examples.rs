@@ -23,8 +23,8 @@ fn every_example_config_validates() {
     assert!(seen >= 2, "expected dev.toml and production.toml");
 }
 
-#[test]
-fn the_dev_config_opens_every_file_serve_dev_writes() {
+#[tokio::test]
+async fn the_dev_config_opens_every_file_serve_dev_writes() {
     let tmp = tempfile::tempdir().unwrap();
     let listen = "127.0.0.1:0".parse().unwrap();
     let admin = "127.0.0.1:1".parse().unwrap();
@@ -35,6 +35,7 @@ fn the_dev_config_opens_every_file_serve_dev_writes() {
     let authn = batch_gateway::authn::Authenticator::new(&cfg.auth).unwrap();
     let p = authn
         .verify(&setup.token, batch_gateway::authn::now_s())
+        .await
         .unwrap();
     assert_eq!(p.teams, vec!["dev-team".to_string()]);
 }

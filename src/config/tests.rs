@@ -128,28 +128,6 @@ fn semantic_problems_are_reported_together_with_unknown_keys() {
 fn each_key_of_a_later_feature_is_refused_as_not_supported_yet() {
     let cases = [
         ("[server.tls]\ncert_file = \"c.pem\"", "server.tls"),
-        ("[auth]\nreplay_cache_size = 10", "auth.replay_cache_size"),
-        (
-            "[[auth.issuers]]\njwks_url = \"https://idp/jwks\"",
-            "auth.issuers[0].jwks_url",
-        ),
-        (
-            "[[auth.issuers]]\njwks_ca_file = \"ca.pem\"",
-            "auth.issuers[0].jwks_ca_file",
-        ),
-        (
-            "[[auth.issuers]]\njwks_refresh_s = 300",
-            "auth.issuers[0].jwks_refresh_s",
-        ),
-        (
-            "[[auth.issuers]]\njwks_min_refetch_s = 30",
-            "auth.issuers[0].jwks_min_refetch_s",
-        ),
-        (
-            "[[auth.issuers]]\njwks_stale_max_s = 3600",
-            "auth.issuers[0].jwks_stale_max_s",
-        ),
-        ("[[auth.issuers]]\ntyp = \"JWT\"", "auth.issuers[0].typ"),
         (
             "[secrets.vault]\naddress = \"https://vault:8200\"",
             "secrets.vault",
@@ -166,14 +144,6 @@ fn each_key_of_a_later_feature_is_refused_as_not_supported_yet() {
             "audit.checkpoint_interval_s",
         ),
         ("[audit]\nstdout = true", "audit.stdout"),
-        (
-            "[[teams]]\n[[teams.grants]]\nrequire_bound_token = true",
-            "teams[0].grants[0].require_bound_token",
-        ),
-        (
-            "[[teams]]\n[[teams.grants]]\nsingle_use_tokens = true",
-            "teams[0].grants[0].single_use_tokens",
-        ),
         (
             "[[teams]]\n[[teams.grants]]\nrate_per_minute = 60",
             "teams[0].grants[0].rate_per_minute",
@@ -260,4 +230,49 @@ fn missing_sections_are_named() {
     for key in ["auth", "secrets", "audit"] {
         assert!(p.contains(&key.to_string()), "{p:?}");
     }
+}
+
+#[test]
+fn jwks_keys_need_an_https_url_and_sane_intervals() {
+    let c =
+        parse("[[auth.issuers]]\njwks_url = \"https://idp.test/jwks\"\ntyp = \"at+jwt\"").unwrap();
+    let j = c.auth.issuers[0].jwks.as_ref().unwrap();
+    assert_eq!(
+        (j.refresh, j.min_refetch, j.stale_max),
+        (
+            Duration::from_secs(300),
+            Duration::from_secs(30),
+            Duration::from_secs(3600)
+        )
+    );
+    assert_eq!(c.auth.issuers[0].typ.as_deref(), Some("at+jwt"));
+    assert_eq!(c.auth.replay_cache_size, 1_000_000);
+    for (extra, key) in [
+        (
+            "[[auth.issuers]]\njwks_url = \"http://idp.test/jwks\"",
+            "auth.issuers[0].jwks_url",
+        ),
+        (
+            "[[auth.issuers]]\njwks_refresh_s = 10",
+            "auth.issuers[0].jwks_refresh_s",
+        ),
+        (
+            "[[auth.issuers]]\njwks_url = \"https://i/j\"\njwks_min_refetch_s = 0",
+            "auth.issuers[0].jwks_min_refetch_s",
+        ),
+        ("[auth]\nreplay_cache_size = 0", "auth.replay_cache_size"),
+    ] {
+        let p = problems(extra);
+        assert!(p.iter().any(|s| s.starts_with(key)), "{key}: {p:?}");
+    }
+    // An issuer may use JWKS alone.
+    let mut doc: toml::Table = BASE.parse().unwrap();
+    let mut iss = doc["auth"]["issuers"][0].as_table().unwrap().clone();
+    iss.remove("public_keys");
+    iss.insert("jwks_url".into(), "https://idp.test/jwks".into());
+    doc["auth"]
+        .as_table_mut()
+        .unwrap()
+        .insert("issuers".into(), toml::Value::Array(vec![iss.into()]));
+    assert!(Config::parse(&toml::to_string(&doc).unwrap(), Path::new("/x/g.toml")).is_ok());
 }

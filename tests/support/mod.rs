@@ -155,12 +155,13 @@ pub fn b64(data: &[u8]) -> String {
 
 /// A token assembled by hand from raw JSON parts and a real signature.
 pub fn sign_raw(key: &SigningKey, header_json: &str, payload_json: &str) -> String {
+    sign_bytes(key, header_json.as_bytes(), payload_json.as_bytes())
+}
+
+/// Like [`sign_raw`], for parts that need not be UTF-8.
+pub fn sign_bytes(key: &SigningKey, header: &[u8], payload: &[u8]) -> String {
     use jsonwebtoken::EncodingKey;
-    let input = format!(
-        "{}.{}",
-        b64(header_json.as_bytes()),
-        b64(payload_json.as_bytes())
-    );
+    let input = format!("{}.{}", b64(header), b64(payload));
     let pem = key.private_pem.as_bytes();
     let k = match batch_gateway::authn::keys::family_of(key.alg) {
         jsonwebtoken::AlgorithmFamily::Ed => EncodingKey::from_ed_pem(pem),
@@ -778,4 +779,26 @@ pub fn parse_response(buf: &[u8]) -> Option<Resp> {
 /// Where the built binary is (for CLI and signal tests).
 pub fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_batch-gateway"))
+}
+
+/// The public JWK of `key`, with `kid`.
+pub fn jwk(key: &SigningKey, kid: &str) -> Value {
+    use jsonwebtoken::{AlgorithmFamily, DecodingKey};
+    let pem = key.public_pem.as_bytes();
+    let dk = match batch_gateway::authn::keys::family_of(key.alg) {
+        AlgorithmFamily::Ed => DecodingKey::from_ed_pem(pem),
+        AlgorithmFamily::Ec => DecodingKey::from_ec_pem(pem),
+        _ => DecodingKey::from_rsa_pem(pem),
+    }
+    .unwrap();
+    let mut j = jsonwebtoken::jwk::Jwk::from_decoding_key(&dk, Some(key.alg)).unwrap();
+    j.common.key_id = Some(kid.to_string());
+    serde_json::to_value(j).unwrap()
+}
+
+/// A token from `key` with `kid` in its header.
+pub fn sign_kid(key: &SigningKey, kid: &str, claims: &Value) -> String {
+    let mut h = jsonwebtoken::Header::new(key.alg);
+    h.kid = Some(kid.to_string());
+    key.sign_with_header(h, claims)
 }
