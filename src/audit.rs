@@ -7,28 +7,22 @@
 //! for until `fsync` returned, and one `fsync` covers every record queued
 //! at that moment. Diagnostics (`tracing`) never share this sink.
 
+pub mod report;
 pub mod verify;
+mod writer;
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
+use std::fs::OpenOptions;
+use std::path::Path;
 
 use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretBox};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
-use tokio::sync::oneshot;
+use sha2::Sha256;
 
 use crate::authn::Unverified;
 
 /// The `prev` of the first record of a chain.
 pub const ZERO_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-
-/// Longest line the writer will produce or the reader will look for.
-const MAX_LINE_BYTES: u64 = 1 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -37,6 +31,7 @@ pub enum Phase {
     Attempt,
     Outcome,
     Repair,
+    Checkpoint,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -113,9 +108,15 @@ pub struct Record {
     pub secret_version: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dry_run: Option<bool>,
-    /// On `repair` records: what was found at start and sealed.
+    /// On `repair` records: what was found and sealed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub found: Option<serde_json::Value>,
+    /// On `checkpoint` records: the hash of the record before it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head: Option<String>,
+    /// On `checkpoint` records: Ed25519 over `head`'s ASCII, base64url.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sig: Option<String>,
     pub prev: String,
 }
 
@@ -145,6 +146,8 @@ impl Record {
             secret_version: None,
             dry_run: None,
             found: None,
+            head: None,
+            sig: None,
             prev: String::new(),
         }
     }
@@ -215,266 +218,7 @@ pub enum AuditError {
     Unavailable,
 }
 
-enum Job {
-    Append {
-        record: Box<Record>,
-        durable: bool,
-        done: oneshot::Sender<Result<(), AuditError>>,
-    },
-    Probe(oneshot::Sender<bool>),
-}
-
-/// Handle to the audit writer. Cheap to clone.
-#[derive(Clone)]
-pub struct AuditLog {
-    tx: mpsc::Sender<Job>,
-    available: Arc<AtomicBool>,
-}
-
-impl AuditLog {
-    /// Starts the writer for `path`, creating its folder when missing. An
-    /// unwritable path does not fail here: the log reports itself
-    /// unavailable and retries on each request.
-    pub fn open(path: PathBuf) -> Self {
-        let available = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = mpsc::channel::<Job>();
-        let mut writer = Writer {
-            path,
-            file: None,
-            seq: 0,
-            prev: ZERO_HASH.to_string(),
-            available: available.clone(),
-        };
-        writer.ensure_open();
-        let spawned = std::thread::Builder::new()
-            .name("audit-writer".into())
-            .spawn(move || writer.run(rx));
-        if spawned.is_err() {
-            tracing::error!("cannot start the audit writer thread");
-            available.store(false, Ordering::SeqCst);
-        }
-        AuditLog { tx, available }
-    }
-
-    pub fn is_available(&self) -> bool {
-        self.available.load(Ordering::SeqCst)
-    }
-
-    /// Tries to (re)open the audit file; true when it can be written.
-    pub async fn recover(&self) -> bool {
-        if self.is_available() {
-            return true;
-        }
-        let (tx, rx) = oneshot::channel();
-        if self.tx.send(Job::Probe(tx)).is_err() {
-            return false;
-        }
-        rx.await.unwrap_or(false)
-    }
-
-    /// Appends `record`; with `durable`, returns only after `fsync`.
-    pub async fn append(&self, record: Record, durable: bool) -> Result<(), AuditError> {
-        let (done, rx) = oneshot::channel();
-        self.tx
-            .send(Job::Append {
-                record: Box::new(record),
-                durable,
-                done,
-            })
-            .map_err(|_| AuditError::Unavailable)?;
-        rx.await.unwrap_or(Err(AuditError::Unavailable))
-    }
-}
-
-struct Writer {
-    path: PathBuf,
-    file: Option<File>,
-    seq: u64,
-    prev: String,
-    available: Arc<AtomicBool>,
-}
-
-impl Writer {
-    fn run(mut self, rx: mpsc::Receiver<Job>) {
-        while let Ok(first) = rx.recv() {
-            // Group commit: take everything already queued, write it, and
-            // let one fsync cover all of it.
-            let mut batch = vec![first];
-            while let Ok(more) = rx.try_recv() {
-                batch.push(more);
-                if batch.len() >= 4096 {
-                    break;
-                }
-            }
-            self.ensure_open();
-            let mut waiting = Vec::new();
-            let mut need_sync = false;
-            for job in batch {
-                match job {
-                    Job::Probe(tx) => {
-                        let _ = tx.send(self.file.is_some());
-                    }
-                    Job::Append {
-                        record,
-                        durable,
-                        done,
-                    } => {
-                        let res = self.write(*record);
-                        if res.is_ok() {
-                            need_sync |= durable;
-                        }
-                        waiting.push((done, res));
-                    }
-                }
-            }
-            let synced = !need_sync || self.sync();
-            for (done, res) in waiting {
-                let res = if synced {
-                    res
-                } else {
-                    Err(AuditError::Unavailable)
-                };
-                let _ = done.send(res);
-            }
-        }
-    }
-
-    fn fail(&mut self, what: &str, e: &std::io::Error) {
-        if self.available.swap(false, Ordering::SeqCst) {
-            tracing::error!(path = %self.path.display(), error = %e, "audit file {what} failed; refusing requests until it is writable");
-        }
-        self.file = None;
-    }
-
-    fn ensure_open(&mut self) {
-        if self.file.is_some() {
-            return;
-        }
-        match self.open_and_seal() {
-            Ok(file) => {
-                self.file = Some(file);
-                if !self.available.swap(true, Ordering::SeqCst) {
-                    tracing::info!(path = %self.path.display(), seq = self.seq, "audit file open");
-                }
-            }
-            Err(e) => self.fail("open", &e),
-        }
-    }
-
-    /// Opens the file for append and continues the chain from its last
-    /// line. A torn last line (a crash mid-write) is cut off and sealed by
-    /// a `repair` record saying what was found.
-    fn open_and_seal(&mut self) -> std::io::Result<File> {
-        if let Some(dir) = self.path.parent()
-            && !dir.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(dir)?;
-        }
-        let mut file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(&self.path)?;
-        let tail = read_tail(&mut file)?;
-        if let Some(last) = &tail.last_line {
-            let seq = serde_json::from_slice::<serde_json::Value>(last)
-                .ok()
-                .and_then(|v| v.get("seq").and_then(serde_json::Value::as_u64))
-                .ok_or_else(|| std::io::Error::other("the last complete audit line has no seq"))?;
-            self.seq = seq;
-            self.prev = hex::encode(Sha256::digest(last));
-        }
-        if !tail.torn.is_empty() {
-            let keep = file.metadata()?.len() - tail.torn.len() as u64;
-            file.set_len(keep)?;
-            file.sync_data()?;
-            let mut rec = Record::new(Phase::Repair);
-            rec.reason = Some("torn_last_line".into());
-            rec.found = Some(serde_json::json!({
-                "torn_bytes": tail.torn.len(),
-                "torn_sha256": hex::encode(Sha256::digest(&tail.torn)),
-                "torn_text": String::from_utf8_lossy(&tail.torn),
-            }));
-            self.file = Some(file);
-            self.write(rec)
-                .map_err(|_| std::io::Error::other("repair write"))?;
-            let file = self
-                .file
-                .take()
-                .ok_or_else(|| std::io::Error::other("repair"))?;
-            file.sync_data()?;
-            tracing::warn!(
-                bytes = tail.torn.len(),
-                "audit file ended in a torn line; sealed it with a repair record"
-            );
-            return Ok(file);
-        }
-        Ok(file)
-    }
-
-    fn write(&mut self, mut rec: Record) -> Result<(), AuditError> {
-        let Some(file) = self.file.as_mut() else {
-            return Err(AuditError::Unavailable);
-        };
-        rec.seq = self.seq + 1;
-        rec.ts = now_rfc3339();
-        rec.prev = self.prev.clone();
-        let mut line = match serde_json::to_vec(&rec) {
-            Ok(l) => l,
-            Err(_) => return Err(AuditError::Unavailable),
-        };
-        let hash = hex::encode(Sha256::digest(&line));
-        line.push(b'\n');
-        if let Err(e) = file.write_all(&line) {
-            self.fail("write", &e);
-            return Err(AuditError::Unavailable);
-        }
-        self.seq += 1;
-        self.prev = hash;
-        Ok(())
-    }
-
-    fn sync(&mut self) -> bool {
-        let Some(file) = self.file.as_mut() else {
-            return false;
-        };
-        match file.sync_data() {
-            Ok(()) => true,
-            Err(e) => {
-                self.fail("fsync", &e);
-                false
-            }
-        }
-    }
-}
-
-struct Tail {
-    last_line: Option<Vec<u8>>,
-    torn: Vec<u8>,
-}
-
-/// The last complete line of `file` and any bytes after it.
-fn read_tail(file: &mut File) -> std::io::Result<Tail> {
-    let len = file.metadata()?.len();
-    let start = len.saturating_sub(2 * MAX_LINE_BYTES);
-    file.seek(SeekFrom::Start(start))?;
-    let mut buf = Vec::new();
-    file.take(len - start).read_to_end(&mut buf)?;
-    let torn_from = buf.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-    if start > 0 && torn_from == 0 {
-        return Err(std::io::Error::other(
-            "no line end in the audit file's tail",
-        ));
-    }
-    let torn = buf[torn_from..].to_vec();
-    let body = &buf[..torn_from.saturating_sub(1)];
-    let line_start = body.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-    let last = &body[line_start..];
-    Ok(Tail {
-        last_line: (torn_from > 0 && !last.is_empty()).then(|| last.to_vec()),
-        torn,
-    })
-}
+pub use writer::{AuditLog, Options, Signer, rotated_files};
 
 /// Checks that the audit file (or its folder) can be created and written.
 pub fn check_writable(path: &Path) -> std::io::Result<()> {
@@ -520,26 +264,6 @@ pub fn now_rfc3339() -> String {
 mod tests {
     use super::*;
 
-    fn tail_of(content: &[u8]) -> (Option<Vec<u8>>, Vec<u8>) {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("a.jsonl");
-        std::fs::write(&p, content).unwrap();
-        let mut f = File::open(&p).unwrap();
-        let t = read_tail(&mut f).unwrap();
-        (t.last_line, t.torn)
-    }
-
-    #[test]
-    fn the_tail_is_the_last_complete_line_and_any_torn_bytes() {
-        assert_eq!(tail_of(b""), (None, vec![]));
-        assert_eq!(tail_of(b"a\nbb\n"), (Some(b"bb".to_vec()), vec![]));
-        assert_eq!(
-            tail_of(b"a\nbb\ncc"),
-            (Some(b"bb".to_vec()), b"cc".to_vec())
-        );
-        assert_eq!(tail_of(b"only-torn"), (None, b"only-torn".to_vec()));
-    }
-
     #[test]
     fn fingerprints_are_16_hex_of_hmac_sha256() {
         let k = HmacKey::from_bytes(b"0123456789abcdef0123456789abcdef".to_vec());
@@ -574,7 +298,7 @@ mod tests {
     async fn records_are_chained_and_numbered() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("sub/audit.jsonl");
-        let log = AuditLog::open(p.clone());
+        let log = AuditLog::open(p.clone(), Options::default());
         assert!(log.is_available());
         for phase in [Phase::Denied, Phase::Attempt, Phase::Outcome] {
             log.append(Record::new(phase), phase == Phase::Attempt)
@@ -582,7 +306,7 @@ mod tests {
                 .unwrap();
         }
         drop(log);
-        let v = verify::verify(&[p], false).unwrap();
+        let v = verify::verify(&[p], &verify::VerifyOptions::default()).unwrap();
         assert_eq!((v.records, v.first_seq, v.last_seq), (3, Some(1), Some(3)));
     }
 }

@@ -74,6 +74,26 @@ enum AuditCommand {
     Verify(VerifyArgs),
     /// Print the records that match every filter given.
     Query(QueryArgs),
+    /// A reviewer's summary: counts by team, project, action and decision,
+    /// top denial reasons, most-denied callers, stale secret uses, chain
+    /// gaps and repairs.
+    Report(ReportArgs),
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// Audit files, or folders holding them.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Records at or after this time (RFC 3339).
+    #[arg(long, value_parser = parse_time)]
+    since: Option<time::OffsetDateTime>,
+    /// Records at or before this time (RFC 3339).
+    #[arg(long, value_parser = parse_time)]
+    until: Option<time::OffsetDateTime>,
+    /// text or json.
+    #[arg(long, value_parser = ["text", "json"], default_value = "text")]
+    format: String,
 }
 
 #[derive(Args)]
@@ -84,6 +104,14 @@ struct VerifyArgs {
     /// Accept a chain that does not start at seq 1 (older files removed).
     #[arg(long)]
     allow_pruned_start: bool,
+    /// Ed25519 public key (PEM): every checkpoint's signature must verify,
+    /// and at least one checkpoint must exist.
+    #[arg(long)]
+    public_key: Option<PathBuf>,
+    /// The head of the last checkpoint you saw: it must still be in the
+    /// chain (so a removed tail or final file is caught).
+    #[arg(long)]
+    expect_head: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -156,6 +184,7 @@ pub fn main() -> ExitCode {
         Command::CheckConfig(a) => check_config(&a),
         Command::Audit(AuditCommand::Verify(a)) => audit_verify(&a),
         Command::Audit(AuditCommand::Query(a)) => audit_query(a),
+        Command::Audit(AuditCommand::Report(a)) => audit_report(a),
         Command::Token(TokenCommand::Mint(a)) => match crate::dev::mint(&a) {
             Ok(tok) => {
                 say!("{tok}");
@@ -196,8 +225,22 @@ fn check_config(a: &CheckArgs) -> ExitCode {
 }
 
 fn audit_verify(a: &VerifyArgs) -> ExitCode {
-    let result =
-        verify::collect_files(&a.paths).and_then(|f| verify::verify(&f, a.allow_pruned_start));
+    let public_key = match &a.public_key {
+        None => None,
+        Some(p) => match verify::load_public_key(p) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                eprintln!("audit verify: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let opts = verify::VerifyOptions {
+        allow_pruned_start: a.allow_pruned_start,
+        public_key,
+        expect_head: a.expect_head.clone(),
+    };
+    let result = verify::collect_files(&a.paths).and_then(|f| verify::verify(&f, &opts));
     match result {
         Ok(v) => {
             let range = match (v.first_seq, v.last_seq) {
@@ -205,21 +248,61 @@ fn audit_verify(a: &VerifyArgs) -> ExitCode {
                 _ => String::new(),
             };
             say!(
-                "ok: {} records in {} file(s){range}; head {}{}",
+                "ok: {} records in {} file(s){range}; head {}",
                 v.records,
                 v.files,
-                v.head,
-                if v.pruned_start {
-                    " (pruned start accepted)"
+                v.head
+            );
+            if v.pruned_start {
+                say!(
+                    "note: the chain starts at seq {} (older records were removed)",
+                    v.first_seq.unwrap_or(0)
+                );
+            }
+            if v.checkpoints > 0 {
+                let signed = if opts.public_key.is_some() {
+                    "signed "
                 } else {
                     ""
-                }
-            );
+                };
+                say!(
+                    "{} {signed}checkpoint(s); last checkpoint head {}; {} record(s) after it",
+                    v.checkpoints,
+                    v.last_checkpoint_head.as_deref().unwrap_or("-"),
+                    v.after_last_checkpoint
+                );
+            }
+            for (seq, reason) in &v.repairs {
+                say!("repair at seq {seq}: {reason}");
+            }
             ExitCode::SUCCESS
         }
         Err(b) => {
             say!("FAILED: {b}");
             ExitCode::from(1)
+        }
+    }
+}
+
+fn audit_report(a: ReportArgs) -> ExitCode {
+    let filter = verify::Filter {
+        since: a.since,
+        until: a.until,
+        ..verify::Filter::default()
+    };
+    match verify::collect_files(&a.paths).and_then(|f| crate::audit::report::build(&f, &filter)) {
+        Ok(r) => {
+            if a.format == "json" {
+                say!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            } else {
+                use std::io::Write as _;
+                let _ = write!(std::io::stdout().lock(), "{}", r.text());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("audit report: {e}");
+            ExitCode::from(2)
         }
     }
 }

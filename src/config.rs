@@ -154,11 +154,11 @@ struct RawLog {
 struct RawAudit {
     file: Option<String>,
     hmac_key_file: Option<String>,
-    rotate_bytes: Option<toml::Value>,
-    keep_files: Option<toml::Value>,
-    signing_key_file: Option<toml::Value>,
-    checkpoint_interval_s: Option<toml::Value>,
-    stdout: Option<toml::Value>,
+    rotate_bytes: Option<u64>,
+    keep_files: Option<u64>,
+    signing_key_file: Option<String>,
+    checkpoint_interval_s: Option<u64>,
+    stdout: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -312,6 +312,16 @@ pub struct LogConfig {
 pub struct AuditConfig {
     pub file: PathBuf,
     pub hmac_key_file: PathBuf,
+    /// Start a new file past this size. Defaults to 104857600 (100 MiB).
+    pub rotate_bytes: u64,
+    /// Rotated files kept. Defaults to 30.
+    pub keep_files: usize,
+    /// Ed25519 PKCS#8 PEM: signed checkpoint records. Optional.
+    pub signing_key_file: Option<PathBuf>,
+    /// Defaults to 60 s.
+    pub checkpoint_interval: Duration,
+    /// Mirror each record on stdout. Defaults to false.
+    pub stdout: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -413,6 +423,11 @@ impl Config {
         }
         if let Err(e) = crate::audit::HmacKey::load(&self.audit.hmac_key_file) {
             p.add("audit.hmac_key_file", e.to_string());
+        }
+        if let Some(k) = &self.audit.signing_key_file
+            && let Err(e) = crate::audit::Signer::load(k)
+        {
+            p.add("audit.signing_key_file", e);
         }
         if let Err(e) = crate::audit::check_writable(&self.audit.file) {
             p.add("audit.file", e.to_string());
@@ -641,14 +656,14 @@ fn validate(raw: RawConfig, base: &Path, source: &Path, p: &mut Problems) -> Opt
             None
         }
         Some(a) => {
-            p.unsupported("audit.rotate_bytes", a.rotate_bytes.is_some());
-            p.unsupported("audit.keep_files", a.keep_files.is_some());
-            p.unsupported("audit.signing_key_file", a.signing_key_file.is_some());
-            p.unsupported(
-                "audit.checkpoint_interval_s",
-                a.checkpoint_interval_s.is_some(),
-            );
-            p.unsupported("audit.stdout", a.stdout.is_some());
+            let rotate_bytes = a.rotate_bytes.unwrap_or(104_857_600);
+            if rotate_bytes < 4096 {
+                p.add("audit.rotate_bytes", "must be at least 4096");
+            }
+            let checkpoint_interval_s = a.checkpoint_interval_s.unwrap_or(60);
+            if checkpoint_interval_s == 0 {
+                p.add("audit.checkpoint_interval_s", "must be greater than 0");
+            }
             if a.file.is_none() {
                 p.add("audit.file", "required");
             }
@@ -659,6 +674,11 @@ fn validate(raw: RawConfig, base: &Path, source: &Path, p: &mut Problems) -> Opt
                 (Some(f), Some(k)) => Some(AuditConfig {
                     file: resolve(&f),
                     hmac_key_file: resolve(&k),
+                    rotate_bytes,
+                    keep_files: usize::try_from(a.keep_files.unwrap_or(30)).unwrap_or(usize::MAX),
+                    signing_key_file: a.signing_key_file.as_deref().map(resolve),
+                    checkpoint_interval: Duration::from_secs(checkpoint_interval_s),
+                    stdout: a.stdout.unwrap_or(false),
                 }),
                 _ => None,
             }

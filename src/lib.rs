@@ -42,6 +42,8 @@ pub enum BuildError {
     Ca(#[from] forward::CaError),
     #[error(transparent)]
     Hmac(#[from] audit::HmacKeyError),
+    #[error("audit.signing_key_file: {0}")]
+    Signer(String),
 }
 
 /// The gateway's running state, shared by every connection.
@@ -86,7 +88,23 @@ impl App {
                 "single-use token ids restored from the audit trail"
             );
         }
-        let audit = AuditLog::open(config.audit.file.clone());
+        let signer = match &config.audit.signing_key_file {
+            Some(path) => Some(Arc::new(
+                audit::Signer::load(path).map_err(BuildError::Signer)?,
+            )),
+            None => None,
+        };
+        let audit = AuditLog::open(
+            config.audit.file.clone(),
+            audit::Options {
+                rotate_bytes: Some(config.audit.rotate_bytes),
+                keep_files: config.audit.keep_files,
+                signer,
+                checkpoint_interval: config.audit.checkpoint_interval,
+                stdout: config.audit.stdout,
+                ..audit::Options::default()
+            },
+        );
         let inflight = Arc::new(Semaphore::new(config.server.max_concurrent_requests));
         let app = Arc::new(App {
             config: Arc::new(config),

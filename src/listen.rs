@@ -76,6 +76,10 @@ pub async fn serve(app: Arc<App>, listeners: Listeners, shutdown: impl Future<Ou
         }
         Err(_) => tracing::warn!("connection watcher still shared; exiting without drain"),
     }
+    // The last word of this run's chain: a signed checkpoint (when configured).
+    if !app.audit.checkpoint().await {
+        tracing::error!("final audit checkpoint could not be written");
+    }
 }
 
 #[derive(Clone, Copy)]

@@ -106,47 +106,62 @@ impl ReplayCache {
     }
 
     /// Re-reserves every single-use `jti` of `attempt` records in the audit
-    /// file that could still be presented: their token was accepted at `ts`,
-    /// so it expires at most `max_lifetime_s + leeway_s` later. Returns how
-    /// many were restored.
-    pub fn rebuild_from_audit(&self, file: &Path, max_lifetime_s: i64, leeway_s: i64) -> u64 {
-        let Ok(data) = std::fs::read(file) else {
-            return 0;
-        };
+    /// trail (the live file, then rotated files newest first, as far back
+    /// as a token could still be presented): their token was accepted at
+    /// `ts`, so it expires at most `max_lifetime_s + leeway_s` later.
+    /// Returns how many were restored.
+    pub fn rebuild_from_audit(&self, live: &Path, max_lifetime_s: i64, leeway_s: i64) -> u64 {
         let now = crate::authn::now_s();
+        let window = max_lifetime_s.saturating_add(leeway_s);
+        let mut files = crate::audit::rotated_files(live);
+        files.push(live.to_path_buf());
         let mut restored = 0;
-        for line in data.split(|b| *b == b'\n') {
-            // Cheap filter first: most records are not single-use attempts.
-            if !contains(line, b"\"single_use\":true") {
-                continue;
-            }
-            let Ok(rec) = serde_json::from_slice::<serde_json::Value>(line) else {
+        for file in files.iter().rev() {
+            let Ok(data) = std::fs::read(file) else {
                 continue;
             };
-            if rec.get("phase").and_then(|p| p.as_str()) != Some("attempt") {
-                continue;
-            }
-            let caller = rec.get("caller");
-            let iss = caller.and_then(|c| c.get("iss")).and_then(|v| v.as_str());
-            let jti = caller.and_then(|c| c.get("jti")).and_then(|v| v.as_str());
-            let ts = rec
-                .get("ts")
-                .and_then(|v| v.as_str())
-                .and_then(|t| {
-                    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-                        .ok()
-                })
-                .map(|t| t.unix_timestamp());
-            if let (Some(iss), Some(jti), Some(ts)) = (iss, jti, ts) {
-                let until = ts.saturating_add(max_lifetime_s).saturating_add(leeway_s);
-                if until > now {
-                    self.insert(key(iss, jti), until);
-                    restored += 1;
+            let mut oldest: Option<i64> = None;
+            for line in data.split(|b| *b == b'\n') {
+                if oldest.is_none() {
+                    oldest = record_ts(line);
                 }
+                // Cheap filter first: most records are not single-use attempts.
+                if !contains(line, b"\"single_use\":true") {
+                    continue;
+                }
+                let Ok(rec) = serde_json::from_slice::<serde_json::Value>(line) else {
+                    continue;
+                };
+                if rec.get("phase").and_then(|p| p.as_str()) != Some("attempt") {
+                    continue;
+                }
+                let caller = rec.get("caller");
+                let iss = caller.and_then(|c| c.get("iss")).and_then(|v| v.as_str());
+                let jti = caller.and_then(|c| c.get("jti")).and_then(|v| v.as_str());
+                if let (Some(iss), Some(jti), Some(ts)) = (iss, jti, record_ts(line)) {
+                    let until = ts.saturating_add(window);
+                    if until > now {
+                        self.insert(key(iss, jti), until);
+                        restored += 1;
+                    }
+                }
+            }
+            // This file starts before any token still alive: older files
+            // hold nothing that matters.
+            if oldest.is_some_and(|t| t.saturating_add(window) < now) {
+                break;
             }
         }
         restored
     }
+}
+
+fn record_ts(line: &[u8]) -> Option<i64> {
+    let rec: serde_json::Value = serde_json::from_slice(line).ok()?;
+    let ts = rec.get("ts")?.as_str()?;
+    time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| t.unix_timestamp())
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {

@@ -68,7 +68,7 @@ async fn the_chain_continues_across_a_restart() {
         204
     );
     gw.stop().await;
-    let v = verify::verify(&[w.audit_path()], false).unwrap();
+    let v = verify::verify(&[w.audit_path()], &Default::default()).unwrap();
     assert_eq!((v.records, v.first_seq, v.last_seq), (6, Some(1), Some(6)));
 }
 
@@ -88,7 +88,7 @@ async fn a_torn_last_line_is_cut_and_sealed_by_a_repair_record() {
     text.push_str("{\"v\":1,\"seq\":3,\"ts\":\"2026-");
     std::fs::write(w.audit_path(), &text).unwrap();
     assert!(
-        verify::verify(&[w.audit_path()], false).is_err(),
+        verify::verify(&[w.audit_path()], &Default::default()).is_err(),
         "a torn file must not verify"
     );
 
@@ -108,7 +108,7 @@ async fn a_torn_last_line_is_cut_and_sealed_by_a_repair_record() {
         recs[2]["found"]["torn_text"],
         json!("{\"v\":1,\"seq\":3,\"ts\":\"2026-")
     );
-    let v = verify::verify(&[w.audit_path()], false).unwrap();
+    let v = verify::verify(&[w.audit_path()], &Default::default()).unwrap();
     assert_eq!(v.records, 5);
 }
 
@@ -136,8 +136,9 @@ async fn an_unwritable_audit_file_refuses_everything_then_recovers_by_itself() {
     assert_eq!(r.status, 204);
     assert_eq!(gw.admin_get("/readyz").await.status, 200);
     gw.stop().await;
-    let v = verify::verify(&[w.audit_path()], false).unwrap();
-    assert_eq!(v.records, 2);
+    let v = verify::verify(&[w.audit_path()], &Default::default()).unwrap();
+    assert_eq!(v.records, 3);
+    assert_eq!(v.repairs[0].1, "unwritable", "the gap is recorded first");
 }
 
 #[tokio::test]

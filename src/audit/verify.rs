@@ -19,6 +19,42 @@ pub struct Verified {
     pub head: String,
     /// The chain does not start at seq 1 (older files were removed).
     pub pruned_start: bool,
+    /// Checkpoints found (signatures checked when a public key was given).
+    pub checkpoints: u64,
+    /// The `head` of the last checkpoint, to keep for `--expect-head`.
+    pub last_checkpoint_head: Option<String>,
+    /// Records after the last checkpoint (no signature covers them yet).
+    pub after_last_checkpoint: u64,
+    /// `repair` records: (seq, reason).
+    pub repairs: Vec<(u64, String)>,
+}
+
+/// What `audit verify` checks beyond the chain.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyOptions {
+    /// Accept a chain that does not start at seq 1.
+    pub allow_pruned_start: bool,
+    /// Ed25519 public key: every checkpoint's signature must verify, and
+    /// there must be at least one.
+    pub public_key: Option<Vec<u8>>,
+    /// A checkpoint head the reviewer saw: it must still be in the chain.
+    pub expect_head: Option<String>,
+}
+
+/// Reads an Ed25519 public key (PEM SubjectPublicKeyInfo) as its 32 bytes.
+pub fn load_public_key(path: &Path) -> Result<Vec<u8>, String> {
+    use rustls_pki_types::SubjectPublicKeyInfoDer;
+    use rustls_pki_types::pem::PemObject;
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let der = SubjectPublicKeyInfoDer::from_pem_slice(&pem)
+        .map_err(|_| format!("{} is not a PEM public key", path.display()))?;
+    const ED25519_SPKI: [u8; 12] = [
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+    ];
+    match der.as_ref().strip_prefix(&ED25519_SPKI[..]) {
+        Some(raw) if raw.len() == 32 => Ok(raw.to_vec()),
+        _ => Err(format!("{} is not an Ed25519 public key", path.display())),
+    }
 }
 
 /// The first bad record.
@@ -73,8 +109,8 @@ fn first_seq(f: &Path) -> Result<u64, Broken> {
         .unwrap_or(u64::MAX))
 }
 
-/// Checks `seq` and `prev` across `files` in order.
-pub fn verify(files: &[PathBuf], allow_pruned_start: bool) -> Result<Verified, Broken> {
+/// Checks `seq` and `prev` across `files` in order, and checkpoints.
+pub fn verify(files: &[PathBuf], opts: &VerifyOptions) -> Result<Verified, Broken> {
     let mut prev_hash: Option<String> = None;
     let mut prev_seq: Option<u64> = None;
     let mut out = Verified {
@@ -84,7 +120,14 @@ pub fn verify(files: &[PathBuf], allow_pruned_start: bool) -> Result<Verified, B
         last_seq: None,
         head: ZERO_HASH.to_string(),
         pruned_start: false,
+        checkpoints: 0,
+        last_checkpoint_head: None,
+        after_last_checkpoint: 0,
+        repairs: vec![],
     };
+    let mut pruned_at: Option<Broken> = None;
+    let mut expected_seen = false;
+    let mut last_pos: Option<Broken> = None;
     for f in files {
         let name = f.display().to_string();
         let data = std::fs::read(f).map_err(|e| io_broken(f, &e))?;
@@ -94,7 +137,8 @@ pub fn verify(files: &[PathBuf], allow_pruned_start: bool) -> Result<Verified, B
                 file: name,
                 line,
                 seq: None,
-                message: "the last line is torn (no line end)".into(),
+                message: "the last line is torn (no line end); start the gateway once to seal it"
+                    .into(),
             });
         }
         for (i, raw) in data.split(|b| *b == b'\n').enumerate() {
@@ -120,15 +164,14 @@ pub fn verify(files: &[PathBuf], allow_pruned_start: bool) -> Result<Verified, B
             match (&prev_hash, prev_seq) {
                 (None, _) => {
                     if seq != 1 || prev != ZERO_HASH {
-                        if !allow_pruned_start {
-                            return Err(bad(
-                                Some(seq),
-                                format!(
-                                    "the chain starts at seq {seq}, not 1: older records were removed \
-                                     (pass --allow-pruned-start to accept a pruned start)"
-                                ),
-                            ));
-                        }
+                        pruned_at = Some(bad(
+                            Some(seq),
+                            format!(
+                                "the chain starts at seq {seq}, not 1: older records were removed \
+                                 (pass --allow-pruned-start to accept a pruned start, or \
+                                 --public-key to anchor it on a signed checkpoint)"
+                            ),
+                        ));
                         out.pruned_start = true;
                     }
                     out.first_seq = Some(seq);
@@ -154,12 +197,91 @@ pub fn verify(files: &[PathBuf], allow_pruned_start: bool) -> Result<Verified, B
                 }
                 _ => {}
             }
+            match rec.get("phase").and_then(Value::as_str) {
+                Some("checkpoint") => {
+                    let head = rec.get("head").and_then(Value::as_str).unwrap_or_default();
+                    if head != prev {
+                        return Err(bad(
+                            Some(seq),
+                            "checkpoint head is not the hash of the record before it".into(),
+                        ));
+                    }
+                    if let Some(pk) = &opts.public_key {
+                        let sig = rec
+                            .get("sig")
+                            .and_then(Value::as_str)
+                            .and_then(|s| {
+                                use base64::Engine;
+                                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                                    .decode(s)
+                                    .ok()
+                            })
+                            .unwrap_or_default();
+                        let key =
+                            ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, pk);
+                        if key.verify(head.as_bytes(), &sig).is_err() {
+                            return Err(bad(
+                                Some(seq),
+                                "checkpoint signature does not verify with the given public key"
+                                    .into(),
+                            ));
+                        }
+                    }
+                    if opts.expect_head.as_deref() == Some(head) {
+                        expected_seen = true;
+                    }
+                    out.checkpoints += 1;
+                    out.last_checkpoint_head = Some(head.to_string());
+                    out.after_last_checkpoint = 0;
+                }
+                Some("repair") => {
+                    let reason = rec
+                        .get("reason")
+                        .and_then(Value::as_str)
+                        .unwrap_or("repair");
+                    out.repairs.push((seq, reason.to_string()));
+                    out.after_last_checkpoint += 1;
+                }
+                _ => out.after_last_checkpoint += 1,
+            }
             let h = hex::encode(Sha256::digest(raw));
             prev_hash = Some(h.clone());
             prev_seq = Some(seq);
             out.head = h;
             out.last_seq = Some(seq);
             out.records += 1;
+            last_pos = Some(bad(Some(seq), String::new()));
+        }
+    }
+    let end = |message: String| {
+        let mut b = last_pos.clone().unwrap_or(Broken {
+            file: files
+                .first()
+                .map(|f| f.display().to_string())
+                .unwrap_or_default(),
+            line: 0,
+            seq: None,
+            message: String::new(),
+        });
+        b.message = message;
+        b
+    };
+    if opts.public_key.is_some() && out.checkpoints == 0 {
+        return Err(end(
+            "no signed checkpoint found: nothing vouches for this chain".into(),
+        ));
+    }
+    if let Some(h) = &opts.expect_head
+        && !expected_seen
+    {
+        return Err(end(format!(
+            "the checkpoint with head {h} is not in the chain: its tail was truncated or its last file removed"
+        )));
+    }
+    if let Some(p) = pruned_at {
+        let anchored = opts.public_key.is_some() && out.checkpoints > 0;
+        if !opts.allow_pruned_start && !anchored {
+            return Err(p);
         }
     }
     Ok(out)

@@ -133,17 +133,6 @@ fn each_key_of_a_later_feature_is_refused_as_not_supported_yet() {
             "secrets.vault",
         ),
         ("[secrets]\nbackend = \"vault\"", "secrets.backend"),
-        ("[audit]\nrotate_bytes = 1000", "audit.rotate_bytes"),
-        ("[audit]\nkeep_files = 3", "audit.keep_files"),
-        (
-            "[audit]\nsigning_key_file = \"s.pem\"",
-            "audit.signing_key_file",
-        ),
-        (
-            "[audit]\ncheckpoint_interval_s = 60",
-            "audit.checkpoint_interval_s",
-        ),
-        ("[audit]\nstdout = true", "audit.stdout"),
         (
             "[[teams]]\n[[teams.grants]]\nrate_per_minute = 60",
             "teams[0].grants[0].rate_per_minute",
@@ -275,4 +264,29 @@ fn jwks_keys_need_an_https_url_and_sane_intervals() {
         .unwrap()
         .insert("issuers".into(), toml::Value::Array(vec![iss.into()]));
     assert!(Config::parse(&toml::to_string(&doc).unwrap(), Path::new("/x/g.toml")).is_ok());
+}
+
+#[test]
+fn audit_keys_have_documented_defaults_and_bounds() {
+    let c = parse("").unwrap();
+    assert_eq!(c.audit.rotate_bytes, 104_857_600);
+    assert_eq!(c.audit.keep_files, 30);
+    assert_eq!(c.audit.checkpoint_interval, Duration::from_secs(60));
+    assert!(!c.audit.stdout);
+    assert!(c.audit.signing_key_file.is_none());
+    let c = parse("[audit]\nsigning_key_file = \"keys/audit.pem\"\nstdout = true").unwrap();
+    assert_eq!(
+        c.audit.signing_key_file.as_deref(),
+        Some(Path::new("/etc/bgw/keys/audit.pem"))
+    );
+    for (extra, key) in [
+        ("[audit]\nrotate_bytes = 10", "audit.rotate_bytes"),
+        (
+            "[audit]\ncheckpoint_interval_s = 0",
+            "audit.checkpoint_interval_s",
+        ),
+    ] {
+        let p = problems(extra);
+        assert!(p.iter().any(|s| s.starts_with(key)), "{key}: {p:?}");
+    }
 }

@@ -1,0 +1,203 @@
+//! `audit report`: a reviewer's summary of a period.
+//!
+//! Requests are counted once each: by their `denied` record, or by their
+//! `attempt` (the request was allowed and sent). Outcomes, checkpoints and
+//! repairs are not requests.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::verify::{self, Broken, Filter, VerifyOptions};
+
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+pub struct Counts {
+    pub allow: u64,
+    pub deny: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StaleUse {
+    pub seq: u64,
+    pub ts: String,
+    pub project: String,
+    pub request_id: String,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Report {
+    pub requests: Counts,
+    pub by_team: BTreeMap<String, Counts>,
+    pub by_project: BTreeMap<String, Counts>,
+    pub by_action: BTreeMap<String, Counts>,
+    pub denial_reasons: Vec<(String, u64)>,
+    pub most_denied_callers: Vec<(String, u64)>,
+    pub stale_secret_uses: Vec<StaleUse>,
+    pub upstream_statuses: BTreeMap<String, u64>,
+    /// `repair` records: (seq, reason).
+    pub repairs: Vec<(u64, String)>,
+    /// The chain check over every file given: "ok …" or the first break.
+    pub chain: String,
+}
+
+fn s(v: &Value, path: &[&str]) -> Option<String> {
+    let mut cur = v;
+    for p in path {
+        cur = cur.get(p)?;
+    }
+    match cur {
+        Value::String(x) => Some(x.clone()),
+        Value::Array(a) => Some(
+            a.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn top(m: BTreeMap<String, u64>, n: usize) -> Vec<(String, u64)> {
+    let mut v: Vec<_> = m.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    v.truncate(n);
+    v
+}
+
+/// Summarises the records of `files` within `filter`'s period.
+pub fn build(files: &[PathBuf], filter: &Filter) -> Result<Report, Broken> {
+    let rows = verify::query(files, filter)?;
+    let mut r = Report::default();
+    let mut reasons = BTreeMap::new();
+    let mut callers = BTreeMap::new();
+    for (_, rec) in &rows {
+        let phase = s(rec, &["phase"]).unwrap_or_default();
+        if phase == "repair" {
+            let seq = rec.get("seq").and_then(Value::as_u64).unwrap_or(0);
+            r.repairs
+                .push((seq, s(rec, &["reason"]).unwrap_or_default()));
+            continue;
+        }
+        if phase == "outcome" {
+            if let Some(st) = s(rec, &["upstream", "status"]) {
+                *r.upstream_statuses.entry(st).or_default() += 1;
+            }
+            continue;
+        }
+        if phase != "denied" && phase != "attempt" {
+            continue;
+        }
+        let deny = phase == "denied";
+        let bump = |c: &mut Counts| {
+            if deny { c.deny += 1 } else { c.allow += 1 }
+        };
+        bump(&mut r.requests);
+        let team = s(rec, &["caller", "team"]).unwrap_or_else(|| "(unauthenticated)".into());
+        bump(r.by_team.entry(team).or_default());
+        bump(
+            r.by_project
+                .entry(s(rec, &["project"]).unwrap_or_else(|| "-".into()))
+                .or_default(),
+        );
+        bump(
+            r.by_action
+                .entry(s(rec, &["action"]).unwrap_or_else(|| "-".into()))
+                .or_default(),
+        );
+        if deny {
+            *reasons
+                .entry(s(rec, &["reason"]).unwrap_or_default())
+                .or_default() += 1;
+            let who = s(rec, &["caller", "sub"]).unwrap_or_else(|| "(unauthenticated)".into());
+            *callers.entry(who).or_default() += 1;
+        } else if s(rec, &["secret_source"]).as_deref() == Some("stale") {
+            r.stale_secret_uses.push(StaleUse {
+                seq: rec.get("seq").and_then(Value::as_u64).unwrap_or(0),
+                ts: s(rec, &["ts"]).unwrap_or_default(),
+                project: s(rec, &["project"]).unwrap_or_default(),
+                request_id: s(rec, &["request_id"]).unwrap_or_default(),
+            });
+        }
+    }
+    r.denial_reasons = top(reasons, 10);
+    r.most_denied_callers = top(callers, 10);
+    let opts = VerifyOptions {
+        allow_pruned_start: true,
+        ..VerifyOptions::default()
+    };
+    r.chain = match verify::verify(files, &opts) {
+        Ok(v) if v.pruned_start => format!(
+            "ok from seq {} (older records were removed) to {}",
+            v.first_seq.unwrap_or(0),
+            v.last_seq.unwrap_or(0)
+        ),
+        Ok(v) => format!("ok, {} records", v.records),
+        Err(b) => format!("BROKEN at {b}"),
+    };
+    Ok(r)
+}
+
+impl Report {
+    /// The reviewer's text.
+    pub fn text(&self) -> String {
+        let mut o = String::new();
+        let line = |o: &mut String, s: String| {
+            o.push_str(&s);
+            o.push('\n');
+        };
+        line(&mut o, format!("chain: {}", self.chain));
+        line(
+            &mut o,
+            format!(
+                "requests: {} allowed, {} denied",
+                self.requests.allow, self.requests.deny
+            ),
+        );
+        for (title, m) in [
+            ("team", &self.by_team),
+            ("project", &self.by_project),
+            ("action", &self.by_action),
+        ] {
+            line(&mut o, format!("\nby {title}:"));
+            for (k, c) in m {
+                line(
+                    &mut o,
+                    format!("  {k:<32} allow {:>6}  deny {:>6}", c.allow, c.deny),
+                );
+            }
+        }
+        line(&mut o, "\ntop denial reasons:".into());
+        for (k, n) in &self.denial_reasons {
+            line(&mut o, format!("  {k:<32} {n:>6}"));
+        }
+        line(&mut o, "\nmost denied callers (sub):".into());
+        for (k, n) in &self.most_denied_callers {
+            line(&mut o, format!("  {k:<32} {n:>6}"));
+        }
+        line(&mut o, "\nupstream statuses:".into());
+        for (k, n) in &self.upstream_statuses {
+            line(&mut o, format!("  {k:<32} {n:>6}"));
+        }
+        line(
+            &mut o,
+            format!("\nstale secret uses: {}", self.stale_secret_uses.len()),
+        );
+        for u in &self.stale_secret_uses {
+            line(
+                &mut o,
+                format!(
+                    "  seq {} {} project {} request {}",
+                    u.seq, u.ts, u.project, u.request_id
+                ),
+            );
+        }
+        line(&mut o, format!("\nrepairs: {}", self.repairs.len()));
+        for (seq, reason) in &self.repairs {
+            line(&mut o, format!("  seq {seq}: {reason}"));
+        }
+        o
+    }
+}

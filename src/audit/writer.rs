@@ -1,0 +1,613 @@
+//! The one writer of the audit file: a thread that owns it.
+//!
+//! Requests queue records; the thread writes everything queued, and one
+//! `fsync` covers every durable record of the batch (group commit). It
+//! continues the chain from the file's last line at start, seals a torn
+//! last line with a `repair` record, notices a live file that was removed
+//! or replaced (and says so in a `repair` record in the new one), rotates by
+//! size, prunes old files, signs `checkpoint` records on an interval and at
+//! shutdown, and mirrors each line to stdout when asked.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sha2::{Digest, Sha256};
+use tokio::sync::oneshot;
+
+use super::{AuditError, Phase, Record, ZERO_HASH, now_rfc3339};
+
+/// Longest line the writer will look for at the end of a file.
+const MAX_LINE_BYTES: u64 = 1 << 20;
+
+/// The Ed25519 key that signs checkpoints.
+pub struct Signer(ring::signature::Ed25519KeyPair);
+
+impl Signer {
+    /// Reads an Ed25519 private key, PKCS#8 PEM.
+    pub fn load(path: &Path) -> Result<Signer, String> {
+        use rustls_pki_types::PrivatePkcs8KeyDer;
+        use rustls_pki_types::pem::PemObject;
+        let pem =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let der = PrivatePkcs8KeyDer::from_pem_slice(&pem)
+            .map_err(|_| format!("{} is not a PKCS#8 PEM private key", path.display()))?;
+        ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(der.secret_pkcs8_der())
+            .map(Signer)
+            .map_err(|_| format!("{} is not an Ed25519 private key", path.display()))
+    }
+
+    pub fn from_pkcs8(der: &[u8]) -> Option<Signer> {
+        ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
+            .ok()
+            .map(Signer)
+    }
+
+    /// base64url (unpadded) Ed25519 signature over `head`'s ASCII bytes.
+    pub fn sign(&self, head: &str) -> String {
+        URL_SAFE_NO_PAD.encode(self.0.sign(head.as_bytes()).as_ref())
+    }
+
+    pub fn public_key(&self) -> Vec<u8> {
+        use ring::signature::KeyPair;
+        self.0.public_key().as_ref().to_vec()
+    }
+}
+
+/// How the writer behaves beyond appending.
+pub struct Options {
+    /// Start a new file once the live one reaches this size.
+    pub rotate_bytes: Option<u64>,
+    /// Rotated files kept; older ones are removed.
+    pub keep_files: usize,
+    pub signer: Option<Arc<Signer>>,
+    pub checkpoint_interval: Duration,
+    /// Mirror each record on stdout.
+    pub stdout: bool,
+    /// Most records per write batch; 1 gives one fsync per durable record
+    /// (for the benchmark that compares the two).
+    pub max_batch: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            rotate_bytes: None,
+            keep_files: 30,
+            signer: None,
+            checkpoint_interval: Duration::from_secs(60),
+            stdout: false,
+            max_batch: 4096,
+        }
+    }
+}
+
+enum Job {
+    Append {
+        record: Box<Record>,
+        durable: bool,
+        done: oneshot::Sender<Result<(), AuditError>>,
+    },
+    Probe(oneshot::Sender<bool>),
+    Checkpoint(oneshot::Sender<bool>),
+}
+
+/// Handle to the audit writer. Cheap to clone.
+#[derive(Clone)]
+pub struct AuditLog {
+    tx: mpsc::Sender<Job>,
+    available: Arc<AtomicBool>,
+}
+
+impl AuditLog {
+    /// Starts the writer for `path`, creating its folder when missing. An
+    /// unwritable path does not fail here: the log reports itself
+    /// unavailable and retries on each request.
+    pub fn open(path: PathBuf, opts: Options) -> Self {
+        let available = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel::<Job>();
+        let mut writer = Writer {
+            path,
+            opts,
+            file: None,
+            identity: None,
+            file_len: 0,
+            file_first_seq: None,
+            seq: 0,
+            prev: ZERO_HASH.to_string(),
+            since_checkpoint: 0,
+            last_checkpoint: Instant::now(),
+            failed_since: None,
+            available: available.clone(),
+        };
+        writer.ensure_open();
+        let spawned = std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || writer.run(rx));
+        if spawned.is_err() {
+            tracing::error!("cannot start the audit writer thread");
+            available.store(false, Ordering::SeqCst);
+        }
+        AuditLog { tx, available }
+    }
+
+    pub fn is_available(&self) -> bool {
+        self.available.load(Ordering::SeqCst)
+    }
+
+    /// Tries to (re)open the audit file; true when it can be written.
+    pub async fn recover(&self) -> bool {
+        if self.is_available() {
+            return true;
+        }
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Job::Probe(tx)).is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
+    /// Appends `record`; with `durable`, returns only after `fsync`.
+    pub async fn append(&self, record: Record, durable: bool) -> Result<(), AuditError> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Job::Append {
+                record: Box::new(record),
+                durable,
+                done,
+            })
+            .map_err(|_| AuditError::Unavailable)?;
+        rx.await.unwrap_or(Err(AuditError::Unavailable))
+    }
+
+    /// Writes a signed checkpoint now (at shutdown), if a signing key is
+    /// configured and records were written since the last one.
+    pub async fn checkpoint(&self) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Job::Checkpoint(tx)).is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+}
+
+struct Writer {
+    path: PathBuf,
+    opts: Options,
+    file: Option<File>,
+    /// (device, inode) of the open file, to notice it being replaced.
+    identity: Option<(u64, u64)>,
+    file_len: u64,
+    file_first_seq: Option<u64>,
+    seq: u64,
+    prev: String,
+    since_checkpoint: u64,
+    last_checkpoint: Instant,
+    /// When writing first failed, and why: the gap a `repair` record
+    /// reports once writing works again.
+    failed_since: Option<(String, String)>,
+    available: Arc<AtomicBool>,
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Job>) {
+        loop {
+            let wait = if self.opts.signer.is_some() {
+                self.opts
+                    .checkpoint_interval
+                    .saturating_sub(self.last_checkpoint.elapsed())
+            } else {
+                Duration::from_secs(3600)
+            };
+            let first = match rx.recv_timeout(wait) {
+                Ok(job) => job,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.timed_checkpoint();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.checkpoint_now();
+                    return;
+                }
+            };
+            // Group commit: take everything already queued, write it, and
+            // let one fsync cover all of it.
+            let mut batch = vec![first];
+            while batch.len() < self.opts.max_batch.max(1) {
+                match rx.try_recv() {
+                    Ok(more) => batch.push(more),
+                    Err(_) => break,
+                }
+            }
+            self.check_identity();
+            self.ensure_open();
+            let mut waiting = Vec::new();
+            let mut need_sync = false;
+            for job in batch {
+                match job {
+                    Job::Probe(tx) => {
+                        let _ = tx.send(self.file.is_some());
+                    }
+                    Job::Checkpoint(tx) => {
+                        let _ = tx.send(self.checkpoint_now());
+                    }
+                    Job::Append {
+                        record,
+                        durable,
+                        done,
+                    } => {
+                        let res = self.write(*record);
+                        if res.is_ok() {
+                            need_sync |= durable;
+                        }
+                        waiting.push((done, res));
+                    }
+                }
+            }
+            let synced = !need_sync || self.sync();
+            for (done, res) in waiting {
+                let res = if synced {
+                    res
+                } else {
+                    Err(AuditError::Unavailable)
+                };
+                let _ = done.send(res);
+            }
+            self.timed_checkpoint();
+            self.maybe_rotate();
+        }
+    }
+
+    fn fail(&mut self, what: &str, e: &std::io::Error) {
+        if self.available.swap(false, Ordering::SeqCst) {
+            tracing::error!(path = %self.path.display(), error = %e, "audit file {what} failed; refusing requests until it is writable");
+        }
+        if self.failed_since.is_none() {
+            self.failed_since = Some((now_rfc3339(), format!("{what}: {e}")));
+        }
+        self.file = None;
+        self.identity = None;
+    }
+
+    fn ensure_open(&mut self) {
+        if self.file.is_some() {
+            return;
+        }
+        if let Err(e) = self.open_and_seal() {
+            self.fail("open", &e);
+            return;
+        }
+        // After a failure, writing is proven by writing: the gap is
+        // recorded, durably, before anything else is accepted.
+        if let Some((since, error)) = self.failed_since.clone() {
+            let mut rec = Record::new(Phase::Repair);
+            rec.reason = Some("unwritable".into());
+            rec.found = Some(serde_json::json!({ "since": since, "error": error }));
+            if self.write(rec).is_err() || !self.sync() {
+                return;
+            }
+            self.failed_since = None;
+        }
+        if !self.available.swap(true, Ordering::SeqCst) {
+            tracing::info!(path = %self.path.display(), seq = self.seq, "audit file open");
+        }
+    }
+
+    /// The live file was removed or replaced under us: writing on would
+    /// put records where nobody finds them. Reopen, and say so.
+    fn check_identity(&mut self) {
+        let Some(ours) = self.identity else { return };
+        let now = std::fs::metadata(&self.path)
+            .map(|m| (m.dev(), m.ino()))
+            .ok();
+        if now == Some(ours) {
+            return;
+        }
+        tracing::error!(path = %self.path.display(), "the audit file was removed or replaced; continuing the chain in a new file");
+        self.file = None;
+        self.identity = None;
+        self.ensure_open();
+        let mut rec = Record::new(Phase::Repair);
+        rec.reason = Some("file_replaced".into());
+        rec.found = Some(serde_json::json!({
+            "missing_file": self.path.display().to_string(),
+            "last_seq_before": self.seq,
+        }));
+        if self.write(rec).is_ok() {
+            self.sync();
+        }
+    }
+
+    /// Opens the file for append and continues the chain from its last
+    /// line. A torn last line (a crash mid-write) is cut off and sealed by
+    /// a `repair` record saying what was found.
+    fn open_and_seal(&mut self) -> std::io::Result<()> {
+        if let Some(dir) = self.path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&self.path)?;
+        let meta = file.metadata()?;
+        let tail = read_tail(&mut file)?;
+        if let Some(last) = &tail.last_line {
+            let seq = serde_json::from_slice::<serde_json::Value>(last)
+                .ok()
+                .and_then(|v| v.get("seq").and_then(serde_json::Value::as_u64))
+                .ok_or_else(|| std::io::Error::other("the last complete audit line has no seq"))?;
+            self.seq = seq;
+            self.prev = hex::encode(Sha256::digest(last));
+        }
+        self.file_first_seq = first_seq(&mut file)?;
+        self.file_len = meta.len() - tail.torn.len() as u64;
+        self.identity = Some((meta.dev(), meta.ino()));
+        if !tail.torn.is_empty() {
+            file.set_len(self.file_len)?;
+            file.sync_data()?;
+            self.file = Some(file);
+            let mut rec = Record::new(Phase::Repair);
+            rec.reason = Some("torn_last_line".into());
+            rec.found = Some(serde_json::json!({
+                "torn_bytes": tail.torn.len(),
+                "torn_sha256": hex::encode(Sha256::digest(&tail.torn)),
+                "torn_text": String::from_utf8_lossy(&tail.torn),
+            }));
+            self.write(rec)
+                .map_err(|_| std::io::Error::other("repair write"))?;
+            if !self.sync() {
+                return Err(std::io::Error::other("repair fsync"));
+            }
+            tracing::warn!(
+                bytes = tail.torn.len(),
+                "audit file ended in a torn line; sealed it with a repair record"
+            );
+            return Ok(());
+        }
+        self.file = Some(file);
+        Ok(())
+    }
+
+    fn write(&mut self, mut rec: Record) -> Result<(), AuditError> {
+        let Some(file) = self.file.as_mut() else {
+            return Err(AuditError::Unavailable);
+        };
+        rec.seq = self.seq + 1;
+        rec.ts = now_rfc3339();
+        rec.prev = self.prev.clone();
+        let mut line = serde_json::to_vec(&rec).map_err(|_| AuditError::Unavailable)?;
+        let hash = hex::encode(Sha256::digest(&line));
+        line.push(b'\n');
+        if let Err(e) = file.write_all(&line) {
+            self.fail("write", &e);
+            return Err(AuditError::Unavailable);
+        }
+        if self.opts.stdout {
+            let _ = std::io::stdout().lock().write_all(&line);
+        }
+        self.seq += 1;
+        self.prev = hash;
+        self.file_len += line.len() as u64;
+        self.file_first_seq.get_or_insert(self.seq);
+        if rec.phase != Phase::Checkpoint {
+            self.since_checkpoint += 1;
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> bool {
+        let Some(file) = self.file.as_mut() else {
+            return false;
+        };
+        match file.sync_data() {
+            Ok(()) => true,
+            Err(e) => {
+                self.fail("fsync", &e);
+                false
+            }
+        }
+    }
+
+    fn timed_checkpoint(&mut self) {
+        if self.last_checkpoint.elapsed() >= self.opts.checkpoint_interval {
+            self.checkpoint_now();
+        }
+    }
+
+    /// A signed checkpoint over the current head, when there is news since
+    /// the last one. True when one was written (or none was needed).
+    fn checkpoint_now(&mut self) -> bool {
+        self.last_checkpoint = Instant::now();
+        let Some(signer) = self.opts.signer.clone() else {
+            return true;
+        };
+        if self.since_checkpoint == 0 {
+            return true;
+        }
+        self.ensure_open();
+        let mut rec = Record::new(Phase::Checkpoint);
+        rec.sig = Some(signer.sign(&self.prev));
+        rec.head = Some(self.prev.clone());
+        if self.write(rec).is_err() || !self.sync() {
+            return false;
+        }
+        self.since_checkpoint = 0;
+        true
+    }
+
+    /// Past `rotate_bytes`: seal the file with a checkpoint, rename it
+    /// `<file>.<first seq, 12 digits>`, start a new one, prune old ones.
+    fn maybe_rotate(&mut self) {
+        let Some(limit) = self.opts.rotate_bytes else {
+            return;
+        };
+        if self.file.is_none() || self.file_len < limit {
+            return;
+        }
+        self.checkpoint_now();
+        let Some(first) = self.file_first_seq else {
+            return;
+        };
+        let rotated = PathBuf::from(format!("{}.{first:012}", self.path.display()));
+        if let Err(e) = std::fs::rename(&self.path, &rotated) {
+            tracing::error!(error = %e, "audit rotation failed; the live file keeps growing");
+            return;
+        }
+        if let Some(dir) = self.path.parent() {
+            // The rename is durable once the folder is.
+            if let Ok(d) = File::open(if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            }) {
+                let _ = d.sync_all();
+            }
+        }
+        self.file = None;
+        self.identity = None;
+        self.file_first_seq = None;
+        self.file_len = 0;
+        self.ensure_open();
+        tracing::info!(rotated = %rotated.display(), "audit file rotated");
+        self.prune();
+    }
+
+    fn prune(&self) {
+        let mut rotated = rotated_files(&self.path);
+        while rotated.len() > self.opts.keep_files {
+            let oldest = rotated.remove(0);
+            match std::fs::remove_file(&oldest) {
+                Ok(()) => {
+                    tracing::info!(removed = %oldest.display(), "old audit file removed (keep_files)")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, file = %oldest.display(), "cannot remove an old audit file")
+                }
+            }
+        }
+    }
+}
+
+/// The rotated files of the live file `path`, oldest first.
+pub fn rotated_files(path: &Path) -> Vec<PathBuf> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return vec![];
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!("{name}.");
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .and_then(|n| n.strip_prefix(&prefix))
+                        .is_some_and(|s| s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+fn first_seq(file: &mut File) -> std::io::Result<Option<u64>> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut buf = Vec::new();
+    file.take(MAX_LINE_BYTES).read_to_end(&mut buf)?;
+    let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
+    Ok(serde_json::from_slice::<serde_json::Value>(line)
+        .ok()
+        .and_then(|v| v.get("seq").and_then(serde_json::Value::as_u64)))
+}
+
+struct Tail {
+    last_line: Option<Vec<u8>>,
+    torn: Vec<u8>,
+}
+
+/// The last complete line of `file` and any bytes after it.
+fn read_tail(file: &mut File) -> std::io::Result<Tail> {
+    let len = file.metadata()?.len();
+    let start = len.saturating_sub(2 * MAX_LINE_BYTES);
+    file.seek(SeekFrom::Start(start))?;
+    let mut buf = Vec::new();
+    file.take(len - start).read_to_end(&mut buf)?;
+    let torn_from = buf.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    if start > 0 && torn_from == 0 {
+        return Err(std::io::Error::other(
+            "no line end in the audit file's tail",
+        ));
+    }
+    let torn = buf[torn_from..].to_vec();
+    let body = &buf[..torn_from.saturating_sub(1)];
+    let line_start = body.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let last = &body[line_start..];
+    Ok(Tail {
+        last_line: (torn_from > 0 && !last.is_empty()).then(|| last.to_vec()),
+        torn,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tail_of(content: &[u8]) -> (Option<Vec<u8>>, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.jsonl");
+        std::fs::write(&p, content).unwrap();
+        let mut f = File::open(&p).unwrap();
+        let t = read_tail(&mut f).unwrap();
+        (t.last_line, t.torn)
+    }
+
+    #[test]
+    fn the_tail_is_the_last_complete_line_and_any_torn_bytes() {
+        assert_eq!(tail_of(b""), (None, vec![]));
+        assert_eq!(tail_of(b"a\nbb\n"), (Some(b"bb".to_vec()), vec![]));
+        assert_eq!(
+            tail_of(b"a\nbb\ncc"),
+            (Some(b"bb".to_vec()), b"cc".to_vec())
+        );
+        assert_eq!(tail_of(b"only-torn"), (None, b"only-torn".to_vec()));
+    }
+
+    #[test]
+    fn rotated_files_are_found_oldest_first_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("audit.jsonl");
+        for name in [
+            "audit.jsonl",
+            "audit.jsonl.000000000101",
+            "audit.jsonl.000000000001",
+            "audit.jsonl.1",
+            "other.000000000001",
+        ] {
+            std::fs::write(dir.path().join(name), "").unwrap();
+        }
+        let names: Vec<String> = rotated_files(&live)
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            ["audit.jsonl.000000000001", "audit.jsonl.000000000101"]
+        );
+    }
+}

@@ -1,0 +1,473 @@
+//! The audit trail under rotation, signed checkpoints, tampering, crashes
+//! and a failing disk.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use batch_gateway::audit::verify::{self, VerifyOptions};
+use jsonwebtoken::Algorithm;
+use serde_json::{Value, json};
+use sha2::Digest;
+use support::*;
+
+fn audit_opts(d: &mut toml::Table, pairs: &[(&str, toml::Value)]) {
+    let a = table(d, "audit");
+    for (k, v) in pairs {
+        a.insert(k.to_string(), v.clone());
+    }
+}
+
+fn run(args: &[&str]) -> (i32, String) {
+    let out = Command::new(binary()).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+async fn traffic(gw: &Running, w: &World, n: usize) {
+    for i in 0..n {
+        let team = if i % 3 == 0 { "support" } else { "growth" };
+        let project = if i % 3 == 0 {
+            Some("marketing-prod")
+        } else {
+            None
+        };
+        gw.delete(&w.token(team), project, &delete_body(&campaign_id()))
+            .await;
+    }
+}
+
+#[tokio::test]
+async fn files_rotate_by_size_and_the_chain_runs_across_them() {
+    let w = World::new().await;
+    let gw = w
+        .start_with(|d| {
+            audit_opts(
+                d,
+                &[("rotate_bytes", 4096.into()), ("keep_files", 100.into())],
+            )
+        })
+        .await;
+    traffic(&gw, &w, 30).await;
+    gw.stop().await;
+    let rotated = batch_gateway::audit::rotated_files(&w.audit_path());
+    assert!(rotated.len() >= 2, "{rotated:?}");
+    // Each rotated file is named after its first seq and ends where the next begins.
+    for f in &rotated {
+        let first: Value =
+            serde_json::from_str(std::fs::read_to_string(f).unwrap().lines().next().unwrap())
+                .unwrap();
+        let suffix = f.extension().unwrap().to_str().unwrap();
+        assert_eq!(suffix, format!("{:012}", first["seq"].as_u64().unwrap()));
+    }
+    let files = verify::collect_files(&[w.path("audit")]).unwrap();
+    let v = verify::verify(&files, &VerifyOptions::default()).unwrap();
+    assert_eq!(v.first_seq, Some(1));
+    assert_eq!(v.files, rotated.len() + 1);
+    let (code, text) = run(&["audit", "verify", w.path("audit").to_str().unwrap()]);
+    assert_eq!(code, 0, "{text}");
+}
+
+fn signing_key(w: &World) -> SigningKey {
+    let k = SigningKey::generate(Algorithm::EdDSA);
+    w.write("audit-signing.pem", &k.private_pem);
+    w.write("audit-signing.pub.pem", &k.public_pem);
+    k
+}
+
+#[tokio::test]
+async fn signed_checkpoints_catch_a_forged_record_and_a_truncated_tail() {
+    let w = World::new().await;
+    signing_key(&w);
+    let gw = w
+        .start_with(|d| {
+            audit_opts(
+                d,
+                &[
+                    ("signing_key_file", "audit-signing.pem".into()),
+                    ("checkpoint_interval_s", 1.into()),
+                ],
+            )
+        })
+        .await;
+    traffic(&gw, &w, 3).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    traffic(&gw, &w, 3).await;
+    gw.stop().await; // a final checkpoint at shutdown
+    let recs = w.audit_records();
+    let cps: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["phase"] == json!("checkpoint"))
+        .collect();
+    assert!(cps.len() >= 2, "{} checkpoints", cps.len());
+    assert_eq!(recs.last().unwrap()["phase"], json!("checkpoint"));
+    let audit = w.audit_path();
+    let pubkey = w.path("audit-signing.pub.pem");
+    let (a, k) = (audit.to_str().unwrap(), pubkey.to_str().unwrap());
+    let (code, text) = run(&["audit", "verify", a, "--public-key", k]);
+    assert_eq!(code, 0, "{text}");
+    let last_head = cps.last().unwrap()["head"].as_str().unwrap().to_string();
+
+    // A forger changes a record and recomputes every later prev.
+    let mut lines = w.audit_lines();
+    let denied = lines
+        .iter()
+        .position(|l| l.contains("\"phase\":\"denied\""))
+        .unwrap();
+    lines[denied] = lines[denied].replace("\"support\"", "\"growth\"");
+    for i in denied + 1..lines.len() {
+        let prev = hex::encode(sha2::Sha256::digest(lines[i - 1].as_bytes()));
+        let mut rec: serde_json::Map<String, Value> = serde_json::from_str(&lines[i]).unwrap();
+        rec.insert("prev".into(), json!(prev));
+        if rec["phase"] == json!("checkpoint") {
+            // The forger fixes head too; only the signature cannot follow.
+            rec.insert("head".into(), json!(prev));
+        }
+        lines[i] = serde_json::to_string(&rec).unwrap();
+    }
+    let forged = w.write("forged.jsonl", &(lines.join("\n") + "\n"));
+    let forged = forged.to_str().unwrap();
+    let (plain, _) = run(&["audit", "verify", forged]);
+    // Our re-serialization may reorder members but the chain is consistent:
+    assert_eq!(
+        plain, 0,
+        "plain chain verification cannot see a recomputed chain"
+    );
+    let (code, text) = run(&["audit", "verify", forged, "--public-key", k]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("checkpoint"), "{text}");
+
+    // The tail (with the last checkpoint) is cut off.
+    let lines = w.audit_lines();
+    let cut = lines.len() - 3;
+    let truncated = w.write("truncated.jsonl", &(lines[..cut].join("\n") + "\n"));
+    let t = truncated.to_str().unwrap();
+    assert_eq!(run(&["audit", "verify", t]).0, 0);
+    let (code, text) = run(&[
+        "audit",
+        "verify",
+        t,
+        "--public-key",
+        k,
+        "--expect-head",
+        &last_head,
+    ]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("truncated"), "{text}");
+    assert_eq!(
+        run(&[
+            "audit",
+            "verify",
+            a,
+            "--public-key",
+            k,
+            "--expect-head",
+            &last_head
+        ])
+        .0,
+        0
+    );
+}
+
+#[tokio::test]
+async fn pruned_files_are_reported_and_accepted_only_when_asked_or_anchored() {
+    let w = World::new().await;
+    signing_key(&w);
+    let gw = w
+        .start_with(|d| {
+            audit_opts(
+                d,
+                &[
+                    ("rotate_bytes", 4096.into()),
+                    ("keep_files", 1.into()),
+                    ("signing_key_file", "audit-signing.pem".into()),
+                ],
+            )
+        })
+        .await;
+    traffic(&gw, &w, 40).await;
+    gw.stop().await;
+    assert_eq!(
+        batch_gateway::audit::rotated_files(&w.audit_path()).len(),
+        1
+    );
+    let dir = w.path("audit");
+    let d = dir.to_str().unwrap();
+    let (code, text) = run(&["audit", "verify", d]);
+    assert_eq!(code, 1);
+    assert!(text.contains("the chain starts at seq"), "{text}");
+    let (code, text) = run(&["audit", "verify", d, "--allow-pruned-start"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("older records were removed"), "{text}");
+    let k = w.path("audit-signing.pub.pem");
+    let (code, text) = run(&["audit", "verify", d, "--public-key", k.to_str().unwrap()]);
+    assert_eq!(code, 0, "anchored by a signed checkpoint: {text}");
+}
+
+#[tokio::test]
+async fn a_full_disk_refuses_everything_and_recovery_keeps_the_chain() {
+    let w = World::new().await;
+    std::fs::create_dir_all(w.path("audit")).unwrap();
+    let gw = w.start().await;
+    assert_eq!(
+        gw.delete(&w.token("growth"), None, &delete_body(&campaign_id()))
+            .await
+            .status,
+        204
+    );
+    // The disk fills: the live file now points at /dev/full (ENOSPC on write).
+    let saved = std::fs::read(w.audit_path()).unwrap();
+    std::fs::remove_file(w.audit_path()).unwrap();
+    std::os::unix::fs::symlink("/dev/full", w.audit_path()).unwrap();
+    let r = gw
+        .delete(&w.token("growth"), None, &delete_body(&campaign_id()))
+        .await;
+    r.assert_gateway_error(503, "audit_unavailable", "2");
+    let r = gw
+        .delete(&w.token("growth"), None, &delete_body(&campaign_id()))
+        .await;
+    r.assert_gateway_error(503, "audit_unavailable", "2");
+    assert_eq!(
+        w.batch().count(),
+        1,
+        "nothing forwarded while the audit cannot be written"
+    );
+    assert_eq!(gw.admin_get("/readyz").await.status, 503);
+    let m = String::from_utf8(gw.admin_get("/metrics").await.body).unwrap();
+    assert!(!m.contains("batch_gateway_audit_failures_total 0"), "{m}");
+    // Space comes back.
+    std::fs::remove_file(w.audit_path()).unwrap();
+    std::fs::write(w.audit_path(), &saved).unwrap();
+    assert_eq!(
+        gw.delete(&w.token("growth"), None, &delete_body(&campaign_id()))
+            .await
+            .status,
+        204
+    );
+    assert_eq!(gw.admin_get("/readyz").await.status, 200);
+    gw.stop().await;
+    let v = verify::verify(&[w.audit_path()], &VerifyOptions::default()).unwrap();
+    // The gap is on the record: the live file was replaced, and writing
+    // failed from some time until it worked again.
+    let reasons: Vec<&str> = v.repairs.iter().map(|(_, r)| r.as_str()).collect();
+    assert!(reasons.contains(&"unwritable"), "{reasons:?}");
+    assert_eq!(v.records, 4 + v.repairs.len() as u64, "{:?}", v.repairs);
+}
+
+#[tokio::test]
+async fn a_removed_live_file_is_noticed_and_the_chain_goes_on_in_a_new_one() {
+    let w = World::new().await;
+    let gw = w.start().await;
+    assert_eq!(
+        gw.delete(&w.token("growth"), None, &delete_body(&campaign_id()))
+            .await
+            .status,
+        204
+    );
+    let old = std::fs::read_to_string(w.audit_path()).unwrap();
+    std::fs::remove_file(w.audit_path()).unwrap();
+    assert_eq!(
+        gw.delete(&w.token("growth"), None, &delete_body(&campaign_id()))
+            .await
+            .status,
+        204
+    );
+    gw.stop().await;
+    let recs = w.audit_records();
+    assert_eq!(recs[0]["phase"], json!("repair"));
+    assert_eq!(recs[0]["reason"], json!("file_replaced"));
+    assert_eq!(recs[0]["seq"], json!(3));
+    // The saved old file and the new one still form one chain.
+    let saved = w.write("audit-old.jsonl", &old);
+    let v = verify::verify(&[saved, w.audit_path()], &VerifyOptions::default()).unwrap();
+    assert_eq!(v.records, 5);
+}
+
+#[tokio::test]
+async fn audit_report_summarises_a_period_for_reviewers() {
+    let w = World::new().await;
+    let gw = w.start().await;
+    traffic(&gw, &w, 6).await;
+    gw.delete("garbage", None, b"{}").await;
+    gw.stop().await;
+    let (code, text) = run(&[
+        "audit",
+        "report",
+        w.audit_path().to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{text}");
+    let r: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(r["requests"], json!({"allow": 4, "deny": 3}));
+    assert_eq!(r["by_team"]["growth"], json!({"allow": 4, "deny": 0}));
+    assert_eq!(r["by_team"]["support"], json!({"allow": 0, "deny": 2}));
+    assert_eq!(r["denial_reasons"][0], json!(["forbidden", 2]));
+    assert_eq!(r["most_denied_callers"][0], json!(["svc-cleaner", 2]));
+    assert!(r["chain"].as_str().unwrap().starts_with("ok"));
+    let (code, text) = run(&["audit", "report", w.audit_path().to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(
+        text.contains("top denial reasons:") && text.contains("stale secret uses: 0"),
+        "{text}"
+    );
+    let (_, none) = run(&[
+        "audit",
+        "report",
+        w.audit_path().to_str().unwrap(),
+        "--since",
+        "2999-01-01T00:00:00Z",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&none).unwrap()["requests"],
+        json!({"allow": 0, "deny": 0})
+    );
+}
+
+fn free_port() -> u16 {
+    dead_addr().port()
+}
+
+fn wait_healthy(admin: u16) {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(20) {
+        if std::net::TcpStream::connect(("127.0.0.1", admin)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("gateway not up");
+}
+
+#[tokio::test]
+async fn after_kill_9_under_load_every_forwarded_request_has_its_attempt_and_the_chain_verifies() {
+    let w = World::new().await;
+    let (data, admin) = (free_port(), free_port());
+    let cfg = w.config(|d| {
+        let s = table(d, "server");
+        s.insert("listen".into(), format!("127.0.0.1:{data}").into());
+        s.insert("admin_listen".into(), format!("127.0.0.1:{admin}").into());
+        audit_opts(d, &[("stdout", true.into())]);
+    });
+    let spawn = || {
+        Command::new(binary())
+            .args(["serve", "--config"])
+            .arg(&cfg.source)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = spawn();
+    wait_healthy(admin);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{data}").parse().unwrap();
+    let mut load = Vec::new();
+    for _ in 0..8 {
+        let token = w.token("growth");
+        load.push(tokio::spawn(async move {
+            for _ in 0..200 {
+                let body = delete_body(&campaign_id());
+                let mut raw = format!(
+                    "POST {DELETE} HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer {token}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                )
+                .into_bytes();
+                raw.extend_from_slice(&body);
+                let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else { return };
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                if s.write_all(&raw).await.is_err() {
+                    return;
+                }
+                let mut buf = Vec::new();
+                if s.read_to_end(&mut buf).await.is_err() || buf.is_empty() {
+                    return;
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        w.batch().count() > 0,
+        "no load reached Batch before the kill"
+    );
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    for l in load {
+        let _ = l.await;
+    }
+    let forwarded: Vec<String> = w
+        .batch()
+        .seen()
+        .iter()
+        .map(|s| s.all("x-request-id")[0].clone())
+        .collect();
+
+    let mut child = spawn();
+    wait_healthy(admin);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (code, text) = run(&["audit", "verify", w.audit_path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{text}");
+    let attempts: std::collections::HashSet<String> = w
+        .audit_records()
+        .into_iter()
+        .filter(|r| r["phase"] == json!("attempt"))
+        .map(|r| r["request_id"].as_str().unwrap().to_string())
+        .collect();
+    for rid in &forwarded {
+        assert!(
+            attempts.contains(rid),
+            "request {rid} reached Batch without an attempt record"
+        );
+    }
+    assert!(attempts.len() >= forwarded.len());
+}
+
+#[tokio::test]
+async fn the_stdout_mirror_carries_exactly_the_files_lines() {
+    let w = World::new().await;
+    let (data, admin) = (free_port(), free_port());
+    let cfg = w.config(|d| {
+        let s = table(d, "server");
+        s.insert("listen".into(), format!("127.0.0.1:{data}").into());
+        s.insert("admin_listen".into(), format!("127.0.0.1:{admin}").into());
+        audit_opts(d, &[("stdout", true.into())]);
+    });
+    let child = Command::new(binary())
+        .args(["serve", "--config"])
+        .arg(&cfg.source)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_healthy(admin);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{data}").parse().unwrap();
+    for team in ["growth", "support"] {
+        let body = delete_body(&campaign_id());
+        let mut raw = format!(
+            "POST {DELETE} HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer {}\r\nX-Batch-Project: marketing-prod\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+            w.token(team),
+            body.len()
+        )
+        .into_bytes();
+        raw.extend_from_slice(&body);
+        raw_exchange(addr, &raw).await;
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let mirrored = String::from_utf8(out.stdout).unwrap();
+    let file = std::fs::read_to_string(w.audit_path()).unwrap();
+    assert_eq!(mirrored, file);
+    assert_eq!(file.lines().count(), 3);
+}
