@@ -33,7 +33,8 @@ pub async fn handle<B>(app: Arc<App>, req: Request<B>) -> Response<Full<Bytes>> 
 
 async fn readyz(app: &App) -> Response<Full<Bytes>> {
     let audit_ok = app.audit.recover().await;
-    let paths: Vec<(String, String)> = app
+    let state = app.state();
+    let paths: Vec<(String, String)> = state
         .config
         .projects
         .iter()
@@ -66,7 +67,7 @@ async fn readyz(app: &App) -> Response<Full<Bytes>> {
     let any_secret = paths.is_empty() || any_usable;
     // A stale or unavailable key set is reported, and leaves the pod ready:
     // other issuers' callers still work.
-    let issuers: BTreeMap<_, _> = app.authn.key_set_states().into_iter().collect();
+    let issuers: BTreeMap<_, _> = state.authn.key_set_states().into_iter().collect();
     let ready = audit_ok && any_secret;
     let body = json!({
         "ready": ready,

@@ -108,6 +108,9 @@ pub struct Record {
     pub secret_version: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dry_run: Option<bool>,
+    /// The mTLS client certificate's subject.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<String>,
     /// On `repair` records: what was found and sealed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub found: Option<serde_json::Value>,
@@ -145,6 +148,7 @@ impl Record {
             secret_source: None,
             secret_version: None,
             dry_run: None,
+            client_cert: None,
             found: None,
             head: None,
             sig: None,

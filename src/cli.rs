@@ -33,6 +33,36 @@ enum Command {
     /// Developer helpers for caller tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Ask the policy.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Print the decision for a team (or a token), project and action, the
+    /// grant that decided it and the limits that apply. Exit 0 on allow,
+    /// 1 on deny.
+    Explain(ExplainArgs),
+}
+
+#[derive(Args)]
+struct ExplainArgs {
+    /// The gateway's config.
+    #[arg(long, env = "BATCH_GATEWAY_CONFIG")]
+    config: PathBuf,
+    /// The caller's team (repeat for a caller in several teams).
+    #[arg(long, required_unless_present = "token", conflicts_with = "token")]
+    team: Vec<String>,
+    /// A caller token: verified as the gateway would, its teams used.
+    #[arg(long)]
+    token: Option<String>,
+    /// The project alias, as in X-Batch-Project (omit as a caller would).
+    #[arg(long)]
+    project: Option<String>,
+    /// The action.
+    #[arg(long, default_value = "campaigns.delete")]
+    action: String,
 }
 
 #[derive(Args)]
@@ -185,6 +215,7 @@ pub fn main() -> ExitCode {
         Command::Audit(AuditCommand::Verify(a)) => audit_verify(&a),
         Command::Audit(AuditCommand::Query(a)) => audit_query(a),
         Command::Audit(AuditCommand::Report(a)) => audit_report(a),
+        Command::Policy(PolicyCommand::Explain(a)) => policy_explain(&a),
         Command::Token(TokenCommand::Mint(a)) => match crate::dev::mint(&a) {
             Ok(tok) => {
                 say!("{tok}");
@@ -344,6 +375,105 @@ fn audit_query(a: QueryArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+fn policy_explain(a: &ExplainArgs) -> ExitCode {
+    use crate::policy::{Action, authorize};
+    let cfg = match Config::load(&a.config) {
+        Ok(c) => c,
+        Err(e) => {
+            print_problems(&a.config, &e.0);
+            return ExitCode::from(2);
+        }
+    };
+    let Some(action) = Action::from_name(&a.action) else {
+        eprintln!(
+            "policy explain: {:?} is not an action (known: {})",
+            a.action,
+            Action::names().join(", ")
+        );
+        return ExitCode::from(2);
+    };
+    let principal = match &a.token {
+        Some(token) => {
+            let verified = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+                .and_then(|rt| {
+                    rt.block_on(async {
+                        let authn = crate::authn::Authenticator::new(&cfg.auth)
+                            .map_err(|e| e.to_string())?;
+                        authn.start().await;
+                        authn
+                            .verify(token.trim(), crate::authn::now_s())
+                            .await
+                            .map_err(|e| format!("token rejected: {}", e.detail))
+                    })
+                });
+            match verified {
+                Ok(p) => p,
+                Err(e) => {
+                    say!("decision: deny\n{e}");
+                    return ExitCode::from(1);
+                }
+            }
+        }
+        None => crate::authn::Principal {
+            iss: "-".into(),
+            sub: "-".into(),
+            teams: a.team.clone(),
+            jti: None,
+            exp: 0,
+            binding: Default::default(),
+        },
+    };
+    let headers: Vec<&str> = a.project.iter().map(String::as_str).collect();
+    say!("teams: {}", principal.teams.join(", "));
+    match authorize(&cfg, &principal, &headers, action) {
+        Err(f) => {
+            say!("decision: deny (forbidden: {f})");
+            ExitCode::from(1)
+        }
+        Ok(permit) => {
+            say!("decision: allow");
+            say!(
+                "project: {} (secret path {})",
+                permit.project,
+                permit.secret_path
+            );
+            say!("action: {}", action.name());
+            for (i, t) in cfg.teams.iter().enumerate() {
+                if !principal.teams.contains(&t.name) {
+                    continue;
+                }
+                for (j, g) in t.grants.iter().enumerate() {
+                    if g.project == permit.project && g.actions.contains(&action) {
+                        let limit = |v: Option<String>| v.unwrap_or_else(|| "none".into());
+                        say!(
+                            "granted by teams[{i}].grants[{j}] (team {}): rate_per_minute {}, daily_quota {}, dry_run {}, require_bound_token {}, single_use_tokens {}",
+                            t.name,
+                            limit(g.rate_per_minute.map(|v| v.to_string())),
+                            limit(g.daily_quota.map(|v| v.to_string())),
+                            g.dry_run,
+                            g.require_bound_token,
+                            g.single_use_tokens
+                        );
+                    }
+                }
+            }
+            let pace = permit
+                .upstream_rate_per_s
+                .map_or_else(|| "none".to_string(), |v| format!("{v}/s"));
+            say!(
+                "applies: dry_run {}, require_bound_token {}, single_use_tokens {}, upstream pace {pace}",
+                permit.dry_run || cfg.upstream.dry_run,
+                permit.require_bound_token,
+                permit.single_use_tokens
+            );
+            ExitCode::SUCCESS
+        }
+    }
+}
+
 fn init_tracing(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
@@ -419,10 +549,42 @@ fn serve(a: ServeArgs) -> ExitCode {
                 Err(e) => eprintln!("serve --dev: {e}"),
             }
         }
+        tokio::spawn(watch_config(app.clone()));
         crate::listen::serve(app, listeners, shutdown_signal()).await;
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })
+}
+
+/// Reloads the config on SIGHUP and when the file changes (checked every
+/// 2 s by modification time and size).
+async fn watch_config(app: std::sync::Arc<crate::App>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let source = app.state().config.source.clone();
+    let stamp = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.modified().ok(), m.len()))
+    };
+    let mut seen = stamp(&source);
+    let mut hup = signal(SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    loop {
+        let by_signal = tokio::select! {
+            _ = async {
+                match hup.as_mut() {
+                    Some(h) => { h.recv().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => true,
+            _ = tick.tick() => false,
+        };
+        let now = stamp(&source);
+        if by_signal || now != seen {
+            seen = now;
+            let _ = app.reload().await;
+        }
+    }
 }
 
 /// SIGTERM or SIGINT.

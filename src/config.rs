@@ -99,7 +99,14 @@ struct RawServer {
     max_connections: Option<u64>,
     body_read_timeout_ms: Option<u64>,
     max_headers: Option<u64>,
-    tls: Option<toml::Value>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Deserialize)]
+struct RawTls {
+    cert_file: Option<String>,
+    key_file: Option<String>,
+    client_ca_file: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -165,6 +172,7 @@ struct RawAudit {
 struct RawProject {
     alias: Option<String>,
     secret_path: Option<String>,
+    upstream_rate_per_s: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -181,8 +189,8 @@ struct RawGrant {
     require_bound_token: Option<bool>,
     single_use_tokens: Option<bool>,
     dry_run: Option<bool>,
-    rate_per_minute: Option<toml::Value>,
-    daily_quota: Option<toml::Value>,
+    rate_per_minute: Option<u64>,
+    daily_quota: Option<u64>,
 }
 
 // ---------------------------------------------------------------------------
@@ -226,6 +234,18 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Defaults to 64.
     pub max_headers: usize,
+    /// Inbound TLS (and mTLS with a client CA) on the data plane.
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
+    /// When set, clients must present a certificate signed by this CA.
+    pub client_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -328,6 +348,9 @@ pub struct AuditConfig {
 pub struct ProjectConfig {
     pub alias: String,
     pub secret_path: String,
+    /// Requests per second sent to Batch for this project (its key's
+    /// limit); more wait up to 1 s, then 429 `rate_limited`. Optional.
+    pub upstream_rate_per_s: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -346,6 +369,10 @@ pub struct GrantConfig {
     pub require_bound_token: bool,
     /// Every token needs a `jti`, accepted once. Defaults to false.
     pub single_use_tokens: bool,
+    /// Token bucket per (team, project, action). Optional.
+    pub rate_per_minute: Option<u32>,
+    /// Requests per (team, project, action) and UTC day. Optional.
+    pub daily_quota: Option<u64>,
 }
 
 /// Algorithms an issuer may pin. HMAC algorithms and `none` are impossible by
@@ -378,7 +405,8 @@ impl Config {
             .map_err(|e| ConfigErrors::one("(toml)", e.to_string()))?;
         let mut unknown = Vec::new();
         let raw: RawConfig = serde_ignored::deserialize(deserializer, |p| {
-            unknown.push(p.to_string());
+            // serde_ignored marks an Option's Some as "?": not part of the key.
+            unknown.push(p.to_string().replace(".?", ""));
         })
         .map_err(|e| ConfigErrors::one("(toml)", e.to_string()))?;
         for key in unknown {
@@ -411,6 +439,11 @@ impl Config {
             {
                 p.add(format!("auth.issuers[{i}].jwks_ca_file"), e.to_string());
             }
+        }
+        if let Some(tls) = &self.server.tls
+            && let Err(e) = crate::listen::tls::server_config(tls)
+        {
+            p.add("server.tls", e);
         }
         if let Some(ca) = &self.upstream.ca_file
             && let Err(e) = crate::forward::load_ca_file(ca)
@@ -492,7 +525,19 @@ fn validate(raw: RawConfig, base: &Path, source: &Path, p: &mut Problems) -> Opt
     let max_headers = positive("max_headers", s.max_headers, 64, p);
     positive("header_read_timeout_ms", s.header_read_timeout_ms, 10000, p);
     positive("body_read_timeout_ms", s.body_read_timeout_ms, 10000, p);
-    p.unsupported("server.tls", s.tls.is_some());
+    let tls = s.tls.map(|t| {
+        if t.cert_file.is_none() {
+            p.add("server.tls.cert_file", "required with [server.tls]");
+        }
+        if t.key_file.is_none() {
+            p.add("server.tls.key_file", "required with [server.tls]");
+        }
+        TlsConfig {
+            cert_file: resolve(t.cert_file.as_deref().unwrap_or_default()),
+            key_file: resolve(t.key_file.as_deref().unwrap_or_default()),
+            client_ca_file: t.client_ca_file.as_deref().map(resolve),
+        }
+    });
     let server = ServerConfig {
         listen,
         admin_listen,
@@ -504,6 +549,7 @@ fn validate(raw: RawConfig, base: &Path, source: &Path, p: &mut Problems) -> Opt
         max_concurrent_requests: max_concurrent_requests as usize,
         max_connections: max_connections as usize,
         max_headers: max_headers as usize,
+        tls,
     };
 
     // [upstream]
@@ -705,7 +751,22 @@ fn validate(raw: RawConfig, base: &Path, source: &Path, p: &mut Problems) -> Opt
         if secret_path.is_empty() {
             p.add(format!("projects[{i}].secret_path"), "required");
         }
-        projects.push(ProjectConfig { alias, secret_path });
+        let upstream_rate_per_s = match pr.upstream_rate_per_s {
+            Some(0) => {
+                p.add(
+                    format!("projects[{i}].upstream_rate_per_s"),
+                    "must be greater than 0",
+                );
+                None
+            }
+            Some(n) => Some(u32::try_from(n).unwrap_or(u32::MAX)),
+            None => None,
+        };
+        projects.push(ProjectConfig {
+            alias,
+            secret_path,
+            upstream_rate_per_s,
+        });
     }
 
     // [[teams]]
@@ -724,11 +785,17 @@ fn validate(raw: RawConfig, base: &Path, source: &Path, p: &mut Problems) -> Opt
         let mut grants = Vec::new();
         for (j, g) in t.grants.into_iter().enumerate() {
             let key = format!("teams[{i}].grants[{j}]");
-            p.unsupported(
-                format!("{key}.rate_per_minute"),
-                g.rate_per_minute.is_some(),
-            );
-            p.unsupported(format!("{key}.daily_quota"), g.daily_quota.is_some());
+            let rate_per_minute = match g.rate_per_minute {
+                Some(0) => {
+                    p.add(format!("{key}.rate_per_minute"), "must be greater than 0");
+                    None
+                }
+                Some(n) => Some(u32::try_from(n).unwrap_or(u32::MAX)),
+                None => None,
+            };
+            if g.daily_quota == Some(0) {
+                p.add(format!("{key}.daily_quota"), "must be greater than 0");
+            }
             let project = g.project.unwrap_or_default();
             if !aliases.contains_key(&project) {
                 p.add(
@@ -759,6 +826,8 @@ fn validate(raw: RawConfig, base: &Path, source: &Path, p: &mut Problems) -> Opt
                 dry_run: g.dry_run.unwrap_or(false),
                 require_bound_token: g.require_bound_token.unwrap_or(false),
                 single_use_tokens: g.single_use_tokens.unwrap_or(false),
+                rate_per_minute,
+                daily_quota: g.daily_quota,
             });
         }
         teams.push(TeamConfig { name, grants });

@@ -31,6 +31,12 @@ pub enum Reject {
     UpstreamUnreachable,
     UpstreamTimeout,
     Overloaded,
+    RateLimited,
+    QuotaExceeded,
+    /// Batch said 429 moments ago.
+    UpstreamCooldown,
+    /// Batch said 503 moments ago.
+    UpstreamCooldownUnavailable,
     /// A bug: the request task failed. Nothing is forwarded after this.
     Internal,
 }
@@ -56,6 +62,10 @@ impl Reject {
         Reject::UpstreamUnreachable,
         Reject::UpstreamTimeout,
         Reject::Overloaded,
+        Reject::RateLimited,
+        Reject::QuotaExceeded,
+        Reject::UpstreamCooldown,
+        Reject::UpstreamCooldownUnavailable,
         Reject::Internal,
     ];
 
@@ -80,6 +90,9 @@ impl Reject {
             Reject::UpstreamUnreachable => "upstream_unreachable",
             Reject::UpstreamTimeout => "upstream_timeout",
             Reject::Overloaded => "overloaded",
+            Reject::RateLimited => "rate_limited",
+            Reject::QuotaExceeded => "quota_exceeded",
+            Reject::UpstreamCooldown | Reject::UpstreamCooldownUnavailable => "upstream_cooldown",
             Reject::Internal => "internal_error",
         }
     }
@@ -105,6 +118,10 @@ impl Reject {
             Reject::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
             Reject::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Reject::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Reject::RateLimited | Reject::QuotaExceeded | Reject::UpstreamCooldown => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            Reject::UpstreamCooldownUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -126,6 +143,8 @@ impl Reject {
             Reject::MalformedJson => "32",
             Reject::SecretsUnavailable | Reject::AuditUnavailable | Reject::Overloaded => "2",
             Reject::UpstreamUnreachable | Reject::UpstreamTimeout | Reject::Internal => "0",
+            Reject::RateLimited | Reject::QuotaExceeded | Reject::UpstreamCooldown => "60",
+            Reject::UpstreamCooldownUnavailable => "2",
         }
     }
 
@@ -170,6 +189,18 @@ impl Reject {
             }
             Reject::Overloaded => "the gateway is at capacity; retry shortly",
             Reject::Internal => "the gateway failed on this request; report the X-Request-Id",
+            Reject::RateLimited => {
+                "your team's request rate for this project is over its limit; wait Retry-After seconds"
+            }
+            Reject::QuotaExceeded => {
+                "your team's daily quota for this project and action is used up; it resets at 00:00 UTC"
+            }
+            Reject::UpstreamCooldown => {
+                "Batch asked to slow down (429) for this project; nothing was sent; wait Retry-After seconds"
+            }
+            Reject::UpstreamCooldownUnavailable => {
+                "Batch is in maintenance (503) for this project; nothing was sent; wait Retry-After seconds"
+            }
         }
     }
 }
@@ -183,6 +214,8 @@ pub struct GatewayError {
     pub detail: Option<Cow<'static, str>>,
     /// Overrides the default message; must name what to fix, nothing secret.
     pub message: Option<Cow<'static, str>>,
+    /// Seconds for `Retry-After`, when the refusal knows them.
+    pub retry_after_s: Option<u64>,
 }
 
 impl GatewayError {
@@ -191,6 +224,7 @@ impl GatewayError {
             kind,
             detail: None,
             message: None,
+            retry_after_s: None,
         }
     }
     pub fn detail(mut self, d: impl Into<Cow<'static, str>>) -> Self {
@@ -199,6 +233,10 @@ impl GatewayError {
     }
     pub fn message(mut self, m: impl Into<Cow<'static, str>>) -> Self {
         self.message = Some(m.into());
+        self
+    }
+    pub fn retry_after(mut self, s: u64) -> Self {
+        self.retry_after_s = Some(s);
         self
     }
 }
@@ -249,8 +287,15 @@ pub fn rescue(err: &GatewayError, request_id: Option<&str>) -> Response<Full<Byt
                 HeaderValue::from_static("Bearer realm=\"batch-gateway\", error=\"invalid_token\""),
             );
         }
-        Reject::SecretsUnavailable | Reject::AuditUnavailable | Reject::Overloaded => {
-            h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        Reject::SecretsUnavailable
+        | Reject::AuditUnavailable
+        | Reject::Overloaded
+        | Reject::RateLimited
+        | Reject::QuotaExceeded
+        | Reject::UpstreamCooldown
+        | Reject::UpstreamCooldownUnavailable => {
+            let secs = err.retry_after_s.unwrap_or(5);
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         _ => {}
     }

@@ -33,6 +33,14 @@ use crate::metrics::{KindLabels, RequestLabels, status_class};
 use crate::policy::{self, Forbidden};
 use crate::replay::ReplayError;
 
+/// Who is on the other end of the connection.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// The mTLS client certificate's subject, when there is one.
+    pub client_cert: Option<Arc<str>>,
+}
+
 /// Everything the audit records of one request share.
 #[derive(Debug, Default)]
 struct Trace {
@@ -47,6 +55,7 @@ struct Trace {
     caller: Option<Caller>,
     unverified: Option<Unverified>,
     key_fp: Option<String>,
+    client_cert: Option<Arc<str>>,
     dry_run: bool,
     /// For metrics: set once the request was forwarded (or dry-run).
     allowed: bool,
@@ -67,12 +76,13 @@ impl Trace {
         r.unverified = self.unverified.clone();
         r.key_fp = self.key_fp.clone();
         r.dry_run = self.dry_run.then_some(true);
+        r.client_cert = self.client_cert.as_deref().map(str::to_string);
         r
     }
 }
 
 /// Serves one data-plane request. Never panics, always answers.
-pub async fn handle<B>(app: Arc<App>, req: Request<B>, client: SocketAddr) -> Response<Full<Bytes>>
+pub async fn handle<B>(app: Arc<App>, req: Request<B>, peer: Peer) -> Response<Full<Bytes>>
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: std::fmt::Display,
@@ -97,7 +107,8 @@ where
     let trace = Trace {
         request_id,
         caller_request_id: caller_request_id(&parts.headers),
-        client_addr: client.to_string(),
+        client_addr: peer.addr.to_string(),
+        client_cert: peer.client_cert,
         method: parts.method.to_string(),
         // The path only: a query string may carry a token and is never recorded.
         path: bounded(parts.uri.path()),
@@ -148,7 +159,7 @@ where
     let result = match slot {
         Err(_) => Err(GatewayError::new(Reject::Overloaded)),
         Ok(_slot) => match read_body(&app, &parts.headers, body).await {
-            Ok(bytes) => pipeline(&app, &mut trace, &parts, bytes).await,
+            Ok(bytes) => pipeline(&app, &app.state(), &mut trace, &parts, bytes).await,
             Err(e) => Err(e),
         },
     };
@@ -174,6 +185,7 @@ where
 /// writes its `denied` record); every later outcome is answered here.
 async fn pipeline(
     app: &App,
+    state: &crate::State,
     trace: &mut Trace,
     parts: &Parts,
     body: Bytes,
@@ -183,23 +195,25 @@ async fn pipeline(
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or_else(|| parts.uri.path());
-    // An absolute-form target (`POST https://host/...`) never routes.
-    let target = if parts.uri.scheme().is_some() {
-        ""
-    } else {
-        target
-    };
+    // An absolute-form HTTP/1.1 target (`POST https://host/...`) never
+    // routes; HTTP/2 always carries scheme and authority apart from :path.
+    let absolute_form = parts.uri.scheme().is_some() && parts.version != http::Version::HTTP_2;
+    let target = if absolute_form { "" } else { target };
 
     // 1. Authenticate.
-    let (principal, token) = app.authn.authenticate(&parts.headers).await.map_err(|e| {
-        trace.unverified = e.unverified.clone();
-        let kind = match e.kind {
-            AuthFailure::Missing => Reject::TokenMissing,
-            AuthFailure::Invalid => Reject::TokenInvalid,
-            AuthFailure::Expired => Reject::TokenExpired,
-        };
-        GatewayError::new(kind).detail(e.detail)
-    })?;
+    let (principal, token) = state
+        .authn
+        .authenticate(&parts.headers)
+        .await
+        .map_err(|e| {
+            trace.unverified = e.unverified.clone();
+            let kind = match e.kind {
+                AuthFailure::Missing => Reject::TokenMissing,
+                AuthFailure::Invalid => Reject::TokenInvalid,
+                AuthFailure::Expired => Reject::TokenExpired,
+            };
+            GatewayError::new(kind).detail(e.detail)
+        })?;
     trace.caller = Some(Caller {
         iss: principal.iss.clone(),
         sub: principal.sub.clone(),
@@ -224,7 +238,7 @@ async fn pipeline(
             GatewayError::new(Reject::Forbidden).detail(Forbidden::UnknownProject.detail())
         })?);
     }
-    let permit = policy::authorize(&app.config, &principal, &project_headers, action).map_err(
+    let permit = policy::authorize(&state.config, &principal, &project_headers, action).map_err(
         |f| match f {
             Forbidden::DuplicateProjectHeader => GatewayError::new(Reject::MalformedParameter)
                 .detail(f.detail())
@@ -256,7 +270,7 @@ async fn pipeline(
                 .detail("jti_required")
                 .message("a single-use token must carry a jti claim")
         })?;
-        let leeway = i64::try_from(app.config.auth.leeway_s).unwrap_or(i64::MAX);
+        let leeway = i64::try_from(state.config.auth.leeway_s).unwrap_or(i64::MAX);
         let reserved =
             app.replay
                 .reserve(&principal.iss, jti, principal.exp.saturating_add(leeway));
@@ -287,6 +301,17 @@ async fn pipeline(
         None
     };
 
+    // Then cool-downs after Batch's 429/503, rate limits and quotas.
+    app.limits.cooldown(&permit.project).map_err(limited)?;
+    let mut quota = app
+        .limits
+        .check(&permit.limits, crate::authn::now_s())
+        .map_err(limited)?;
+    app.limits
+        .pace(&permit.project, permit.upstream_rate_per_s)
+        .await
+        .map_err(limited)?;
+
     // 6. Secrets.
     let (secret, freshness) = app.secrets.get(&permit.secret_path).await.map_err(|e| {
         app.metrics
@@ -309,7 +334,7 @@ async fn pipeline(
         app.hmac
             .fingerprint(secret.rest_key.expose_secret().as_bytes()),
     );
-    trace.dry_run = app.config.upstream.dry_run || permit.dry_run;
+    trace.dry_run = state.config.upstream.dry_run || permit.dry_run;
 
     // 7. The attempt is on disk before anything leaves.
     let mut attempt = trace.record(Phase::Attempt);
@@ -326,10 +351,12 @@ async fn pipeline(
         ));
     }
     trace.allowed = true;
-    // The attempt is durable: the jti is spent, whatever happens next.
+    // The attempt is durable: the jti and the quota unit are spent,
+    // whatever happens next.
     if let Some(r) = reservation.as_mut() {
         r.spent = true;
     }
+    quota.spent = true;
 
     // 8. Forward (or, in dry run, answer as Batch would).
     let mut outcome = trace.record(Phase::Outcome);
@@ -346,7 +373,7 @@ async fn pipeline(
             .insert("x-gateway-dry-run", HeaderValue::from_static("true"));
         return Ok(with_request_id(resp, &trace.request_id));
     }
-    let result = app
+    let result = state
         .upstream
         .forward(
             &permit,
@@ -364,6 +391,22 @@ async fn pipeline(
             app.metrics
                 .upstream_duration
                 .observe(answer.latency.as_secs_f64());
+            let retry_after = answer
+                .headers
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok());
+            if let Some(d) =
+                app.limits
+                    .start_cooldown(&permit.project, answer.status.as_u16(), retry_after)
+            {
+                app.metrics
+                    .cooldowns
+                    .get_or_create(&crate::metrics::ProjectLabels {
+                        project: permit.project.clone(),
+                    })
+                    .inc();
+                tracing::warn!(project = %permit.project, status = answer.status.as_u16(), cooldown_s = d.as_secs(), "Batch asked to back off; this project cools down");
+            }
             outcome.reason = Some("ok".into());
             outcome.upstream = Some(UpstreamOutcome {
                 status: Some(answer.status.as_u16()),
@@ -397,6 +440,38 @@ async fn pipeline(
                 Some(&trace.request_id),
             ))
         }
+    }
+}
+
+fn limited(l: crate::limits::Limited) -> GatewayError {
+    use crate::limits::Limited;
+    match l {
+        Limited::Cooldown {
+            retry_after_s,
+            unavailable,
+        } => GatewayError::new(if unavailable {
+            Reject::UpstreamCooldownUnavailable
+        } else {
+            Reject::UpstreamCooldown
+        })
+        .detail(if unavailable {
+            "after_503"
+        } else {
+            "after_429"
+        })
+        .retry_after(retry_after_s),
+        Limited::RateLimited {
+            retry_after_s,
+            detail,
+        } => GatewayError::new(Reject::RateLimited)
+            .detail(detail)
+            .retry_after(retry_after_s),
+        Limited::QuotaExceeded {
+            retry_after_s,
+            detail,
+        } => GatewayError::new(Reject::QuotaExceeded)
+            .detail(detail)
+            .retry_after(retry_after_s),
     }
 }
 
@@ -502,7 +577,7 @@ where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: std::fmt::Display,
 {
-    let max = app.config.server.max_body_bytes;
+    let max = app.server().max_body_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -539,7 +614,7 @@ where
             Ok(buf.freeze())
         }
     };
-    match tokio::time::timeout(app.config.server.body_read_timeout, read).await {
+    match tokio::time::timeout(app.server().body_read_timeout, read).await {
         Ok(r) => r,
         Err(_) => Err(GatewayError::new(Reject::BodyTimeout)),
     }

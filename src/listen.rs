@@ -1,6 +1,8 @@
 //! Sockets: the data-plane and admin listeners, HTTP/1.1 with bounded
-//! headers (size, count, read time), a connection limit, and graceful
-//! drain on shutdown.
+//! headers (size, count, read time), optional TLS with h2 by ALPN, a
+//! connection limit, and graceful drain on shutdown.
+
+pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -8,15 +10,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
 use crate::App;
+use crate::gateway::Peer;
 use crate::metrics::KindLabels;
+
+/// h2 streams per connection (hyper also caps pending resets by default).
+const H2_MAX_STREAMS: u32 = 128;
 
 /// Bound listeners, ready to serve.
 pub struct Listeners {
@@ -26,8 +33,8 @@ pub struct Listeners {
 
 impl Listeners {
     pub async fn bind(app: &App) -> std::io::Result<Listeners> {
-        let data = TcpListener::bind(app.config.server.listen).await?;
-        let admin = TcpListener::bind(app.config.server.admin_listen).await?;
+        let data = TcpListener::bind(app.server().listen).await?;
+        let admin = TcpListener::bind(app.server().admin_listen).await?;
         Ok(Listeners { data, admin })
     }
 
@@ -40,8 +47,9 @@ impl Listeners {
     }
 }
 
-/// Serves both planes until `shutdown` resolves, then stops accepting and
-/// gives in-flight requests `shutdown_grace_ms` to finish.
+/// Serves both planes until `shutdown` resolves, then stops accepting,
+/// gives in-flight requests `shutdown_grace_ms` to finish, and writes the
+/// final audit checkpoint.
 pub async fn serve(app: Arc<App>, listeners: Listeners, shutdown: impl Future<Output = ()>) {
     let (stop_tx, stop_rx) = watch::channel(false);
     let graceful = Arc::new(GracefulShutdown::new());
@@ -64,17 +72,26 @@ pub async fn serve(app: Arc<App>, listeners: Listeners, shutdown: impl Future<Ou
     let _ = stop_tx.send(true);
     let _ = data.await;
     let _ = admin.await;
-    let grace = app.config.server.shutdown_grace;
+    let grace = app.server().shutdown_grace;
+    let deadline = tokio::time::Instant::now() + grace;
     match Arc::try_unwrap(graceful) {
         Ok(g) => {
-            if tokio::time::timeout(grace, g.shutdown()).await.is_err() {
+            if tokio::time::timeout_at(deadline, g.shutdown())
+                .await
+                .is_err()
+            {
                 tracing::warn!(
                     grace_ms = grace.as_millis() as u64,
-                    "in-flight requests still running after the grace period; exiting"
+                    "connections still open after the grace period; exiting"
                 );
             }
         }
         Err(_) => tracing::warn!("connection watcher still shared; exiting without drain"),
+    }
+    // A request whose caller went away still runs to its outcome record.
+    let all = app.server().max_concurrent_requests;
+    while app.inflight.available_permits() < all && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // The last word of this run's chain: a signed checkpoint (when configured).
     if !app.audit.checkpoint().await {
@@ -82,7 +99,7 @@ pub async fn serve(app: Arc<App>, listeners: Listeners, shutdown: impl Future<Ou
     }
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Plane {
     Data,
     Admin,
@@ -95,7 +112,7 @@ async fn accept_loop(
     graceful: Arc<GracefulShutdown>,
     plane: Plane,
 ) {
-    let slots = Arc::new(Semaphore::new(app.config.server.max_connections));
+    let slots = Arc::new(Semaphore::new(app.server().max_connections));
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -111,59 +128,120 @@ async fn accept_loop(
             }
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            app.metrics
-                .connection_errors
-                .get_or_create(&KindLabels {
-                    kind: "connection_limit",
-                })
-                .inc();
+            count(&app, "connection_limit");
             drop(stream);
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(crate::framing::Guarded::new(
-            stream,
-            app.config.server.max_header_bytes,
-        ));
-        let server = &app.config.server;
-        let mut builder = http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(server.header_read_timeout)
-            .max_buf_size(server.max_header_bytes)
-            .max_headers(server.max_headers)
-            .keep_alive(true);
-        let conn_app = app.clone();
-        let conn = match plane {
-            Plane::Data => {
-                let svc = service_fn(move |req| {
-                    let app = conn_app.clone();
-                    async move { Ok::<_, Infallible>(crate::gateway::handle(app, req, peer).await) }
-                });
-                let c = builder.serve_connection(io, svc);
-                let c = graceful.watch(c);
-                let app = app.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = c.await {
-                        count_conn_error(&app, &e);
+        let app = app.clone();
+        // Each connection gets a watcher; the shutdown handle stays here so
+        // that `serve` can wait for every watched connection.
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls = match plane {
+                Plane::Data => app.tls.as_ref().map(|t| t.acceptor()),
+                Plane::Admin => None,
+            };
+            match tls {
+                None => {
+                    let peer = Peer {
+                        addr: peer,
+                        client_cert: None,
+                    };
+                    serve_http1(&app, watcher, stream, peer, plane).await;
+                }
+                Some(acceptor) => {
+                    let timeout = app.server().header_read_timeout;
+                    let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(_)) => return count(&app, "tls_handshake"),
+                        Err(_) => return count(&app, "tls_handshake_timeout"),
+                    };
+                    let (_, conn) = tls.get_ref();
+                    let h2 = conn.alpn_protocol() == Some(b"h2");
+                    let peer = Peer {
+                        addr: peer,
+                        client_cert: tls::client_subject(conn).map(Arc::from),
+                    };
+                    if h2 {
+                        serve_http2(&app, watcher, tls, peer).await;
+                    } else {
+                        serve_http1(&app, watcher, tls, peer, plane).await;
                     }
-                    drop(slot);
-                })
+                }
             }
-            Plane::Admin => {
-                let svc = service_fn(move |req| {
-                    let app = conn_app.clone();
-                    async move { Ok::<_, Infallible>(crate::admin::handle(app, req).await) }
-                });
-                let c = graceful.watch(builder.serve_connection(io, svc));
-                tokio::spawn(async move {
-                    let _ = c.await;
-                    drop(slot);
-                })
-            }
-        };
-        drop(conn);
+            drop(slot);
+        });
     }
+}
+
+async fn serve_http1<S>(app: &Arc<App>, watcher: Watcher, stream: S, peer: Peer, plane: Plane)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let server = app.server();
+    let io = TokioIo::new(crate::framing::Guarded::new(
+        stream,
+        server.max_header_bytes,
+    ));
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(server.header_read_timeout)
+        .max_buf_size(server.max_header_bytes)
+        .max_headers(server.max_headers)
+        .keep_alive(true);
+    let svc_app = app.clone();
+    let result = if plane == Plane::Data {
+        let svc = service_fn(move |req| {
+            let app = svc_app.clone();
+            let peer = peer.clone();
+            async move { Ok::<_, Infallible>(crate::gateway::handle(app, req, peer).await) }
+        });
+        watcher.watch(builder.serve_connection(io, svc)).await
+    } else {
+        let svc = service_fn(move |req| {
+            let app = svc_app.clone();
+            async move { Ok::<_, Infallible>(crate::admin::handle(app, req).await) }
+        });
+        watcher.watch(builder.serve_connection(io, svc)).await
+    };
+    if let Err(e) = result {
+        count_conn_error(app, &e);
+    }
+}
+
+async fn serve_http2<S>(app: &Arc<App>, watcher: Watcher, stream: S, peer: Peer)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let server = app.server();
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_header_list_size(u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let svc_app = app.clone();
+    let svc = service_fn(move |req| {
+        let app = svc_app.clone();
+        let peer = peer.clone();
+        async move { Ok::<_, Infallible>(crate::gateway::handle(app, req, peer).await) }
+    });
+    if let Err(e) = watcher
+        .watch(builder.serve_connection(TokioIo::new(stream), svc))
+        .await
+    {
+        count_conn_error(app, &e);
+    }
+}
+
+fn count(app: &App, kind: &'static str) {
+    app.metrics
+        .connection_errors
+        .get_or_create(&KindLabels { kind })
+        .inc();
 }
 
 fn count_conn_error(app: &App, e: &hyper::Error) {
@@ -179,8 +257,5 @@ fn count_conn_error(app: &App, e: &hyper::Error) {
         "io"
     };
     tracing::debug!(kind, "connection ended with an error");
-    app.metrics
-        .connection_errors
-        .get_or_create(&KindLabels { kind })
-        .inc();
+    count(app, kind);
 }

@@ -19,6 +19,12 @@ pub struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProjectLabels {
+    /// A configured project alias (a closed set).
+    pub project: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: &'static str,
 }
@@ -33,6 +39,8 @@ pub struct Metrics {
     pub secret_failures: Family<KindLabels, Counter>,
     pub in_flight: Gauge,
     pub replay_rejections: Family<KindLabels, Counter>,
+    pub cooldowns: Family<ProjectLabels, Counter>,
+    pub reloads: Family<KindLabels, Counter>,
 }
 
 fn buckets() -> impl Iterator<Item = f64> {
@@ -90,6 +98,18 @@ impl Metrics {
             "Single-use tokens refused: replayed, or the replay memory full",
             replay_rejections.clone(),
         );
+        let cooldowns = Family::<ProjectLabels, Counter>::default();
+        registry.register(
+            "upstream_cooldowns",
+            "Cool-downs started by Batch's 429 or 503, per project",
+            cooldowns.clone(),
+        );
+        let reloads = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Config reloads, by result (ok, rejected)",
+            reloads.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             requests,
@@ -100,6 +120,8 @@ impl Metrics {
             secret_failures,
             in_flight,
             replay_rejections,
+            cooldowns,
+            reloads,
         }
     }
 

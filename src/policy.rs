@@ -70,6 +70,10 @@ pub struct Permit {
     pub require_bound_token: bool,
     /// A grant that allows this makes every token single-use.
     pub single_use_tokens: bool,
+    /// The limits of every grant that allows this.
+    pub limits: Vec<crate::limits::GrantLimit>,
+    /// The project's upstream pace (requests per second), if any.
+    pub upstream_rate_per_s: Option<u32>,
 }
 
 /// Why a caller was refused at step 3.
@@ -104,13 +108,14 @@ pub fn authorize(
     project_headers: &[&str],
     action: Action,
 ) -> Result<Permit, Forbidden> {
-    let grants = || {
+    let team_grants = || {
         config
             .teams
             .iter()
             .filter(|t| principal.teams.iter().any(|n| n == &t.name))
-            .flat_map(|t| t.grants.iter())
+            .flat_map(|t| t.grants.iter().map(move |g| (t.name.as_str(), g)))
     };
+    let grants = || team_grants().map(|(_, g)| g);
     let alias = match project_headers {
         [] => {
             let projects: BTreeSet<&str> = grants().map(|g| g.project.as_str()).collect();
@@ -130,6 +135,17 @@ pub fn authorize(
     if matching.is_empty() {
         return Err(Forbidden::NoGrant);
     }
+    let limits = team_grants()
+        .filter(|(_, g)| g.project == alias && g.actions.contains(&action))
+        .filter(|(_, g)| g.rate_per_minute.is_some() || g.daily_quota.is_some())
+        .map(|(team, g)| crate::limits::GrantLimit {
+            team: team.to_string(),
+            project: alias.clone(),
+            action: action.name(),
+            rate_per_minute: g.rate_per_minute,
+            daily_quota: g.daily_quota,
+        })
+        .collect();
     Ok(Permit {
         principal: principal.clone(),
         project: alias,
@@ -140,6 +156,8 @@ pub fn authorize(
         // The strictest grant's token rules apply.
         require_bound_token: matching.iter().any(|g| g.require_bound_token),
         single_use_tokens: matching.iter().any(|g| g.single_use_tokens),
+        limits,
+        upstream_rate_per_s: project.upstream_rate_per_s,
     })
 }
 

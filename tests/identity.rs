@@ -186,7 +186,7 @@ async fn a_flood_of_unknown_kids_costs_one_fetch_per_interval() {
         "{fetched} fetches for 200 unknown kids"
     );
     assert_eq!(
-        gw.app.authn.key_set_fetches(ISS),
+        gw.app.state().authn.key_set_fetches(ISS),
         fetched as u64 + before as u64
     );
     gw.stop().await;

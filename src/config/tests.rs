@@ -127,28 +127,55 @@ fn semantic_problems_are_reported_together_with_unknown_keys() {
 #[test]
 fn each_key_of_a_later_feature_is_refused_as_not_supported_yet() {
     let cases = [
-        ("[server.tls]\ncert_file = \"c.pem\"", "server.tls"),
         (
             "[secrets.vault]\naddress = \"https://vault:8200\"",
             "secrets.vault",
         ),
         ("[secrets]\nbackend = \"vault\"", "secrets.backend"),
-        (
-            "[[teams]]\n[[teams.grants]]\nrate_per_minute = 60",
-            "teams[0].grants[0].rate_per_minute",
-        ),
-        (
-            "[[teams]]\n[[teams.grants]]\ndaily_quota = 200",
-            "teams[0].grants[0].daily_quota",
-        ),
     ];
     for (extra, key) in cases {
         let p = problems(extra);
         assert!(
             p.iter()
-                .any(|s| s.starts_with(&format!("{key}:")) && s.contains("not supported yet")),
+                .any(|s| s.starts_with(key) && s.contains("not supported yet")),
             "{key}: {p:?}"
         );
+    }
+}
+
+#[test]
+fn limits_and_tls_keys_are_parsed_and_checked() {
+    let c = parse(
+        "[server.tls]\ncert_file = \"tls/cert.pem\"\nkey_file = \"tls/key.pem\"\n[[projects]]\nupstream_rate_per_s = 10\n[[teams]]\n[[teams.grants]]\nrate_per_minute = 60\ndaily_quota = 200",
+    )
+    .unwrap();
+    let tls = c.server.tls.as_ref().unwrap();
+    assert_eq!(tls.cert_file, Path::new("/etc/bgw/tls/cert.pem"));
+    assert!(tls.client_ca_file.is_none());
+    assert_eq!(c.projects[0].upstream_rate_per_s, Some(10));
+    assert_eq!(c.teams[0].grants[0].rate_per_minute, Some(60));
+    assert_eq!(c.teams[0].grants[0].daily_quota, Some(200));
+    for (extra, key) in [
+        ("[server.tls]\ncert_file = \"c.pem\"", "server.tls.key_file"),
+        (
+            "[server.tls]\nkey_file = \"k.pem\"\nbogus = 1",
+            "server.tls.bogus",
+        ),
+        (
+            "[[teams]]\n[[teams.grants]]\nrate_per_minute = 0",
+            "teams[0].grants[0].rate_per_minute",
+        ),
+        (
+            "[[teams]]\n[[teams.grants]]\ndaily_quota = 0",
+            "teams[0].grants[0].daily_quota",
+        ),
+        (
+            "[[projects]]\nupstream_rate_per_s = 0",
+            "projects[0].upstream_rate_per_s",
+        ),
+    ] {
+        let p = problems(extra);
+        assert!(p.iter().any(|s| s.starts_with(key)), "{key}: {p:?}");
     }
 }
 

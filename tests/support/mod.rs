@@ -4,7 +4,6 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -46,6 +45,18 @@ impl Ca {
             pem: issuer.pem(),
             issuer,
         }
+    }
+
+    /// A client certificate with common name `cn`: (certificate PEM, key PEM).
+    pub fn client(&self, cn: &str) -> (String, String) {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
     }
 
     /// (certificate PEM, private key PEM) for `names`.
@@ -221,6 +232,8 @@ pub struct BatchState {
     /// Forced answer: status, headers, body.
     pub forced: Option<Answer>,
     pub delay: Duration,
+    /// Read the request, then drop the connection without an answer.
+    pub drop_connection: bool,
     /// REST key → project key.
     pub keys: HashMap<String, String>,
 }
@@ -342,12 +355,15 @@ impl FakeBatch {
                                     .collect(),
                                 body: body.to_vec(),
                             };
-                            let (answer, delay) = {
+                            let (answer, delay, drop_it) = {
                                 let mut s = st.lock().unwrap();
                                 s.seen.push(seen.clone());
-                                (batch_answer(&s, &seen), s.delay)
+                                (batch_answer(&s, &seen), s.delay, s.drop_connection)
                             };
                             tokio::time::sleep(delay).await;
+                            if drop_it {
+                                return Err(std::io::Error::other("dropped on purpose"));
+                            }
                             let mut resp = hyper::Response::new(Full::new(Bytes::from(answer.2)));
                             *resp.status_mut() = hyper::StatusCode::from_u16(answer.0).unwrap();
                             for (k, v) in answer.1 {
@@ -356,7 +372,7 @@ impl FakeBatch {
                                     v.parse().unwrap(),
                                 );
                             }
-                            Ok::<_, Infallible>(resp)
+                            Ok::<_, std::io::Error>(resp)
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()

@@ -1,0 +1,233 @@
+//! Inbound TLS and mTLS on the data plane: HTTP/1.1 and h2 by ALPN, the
+//! client certificate's subject in the audit record, certificate reload.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde_json::json;
+use support::*;
+
+fn client_config(
+    ca_pem: &str,
+    client: Option<&(String, String)>,
+    alpn: &[&[u8]],
+) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let b = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let mut cfg = match client {
+        None => b.with_no_client_auth(),
+        Some((cert, key)) => {
+            let certs: Vec<_> = CertificateDer::pem_slice_iter(cert.as_bytes())
+                .map(|c| c.unwrap())
+                .collect();
+            b.with_client_auth_cert(
+                certs,
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap()
+        }
+    };
+    cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    cfg
+}
+
+/// One delete over TLS; `h2` picks the protocol by ALPN.
+async fn tls_delete(
+    addr: std::net::SocketAddr,
+    cfg: rustls::ClientConfig,
+    h2: bool,
+    token: &str,
+) -> Result<(u16, Option<String>), String> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let conn = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let tls = conn
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let io = hyper_util::rt::TokioIo::new(tls);
+    // HTTP/1.1 sends origin-form (an absolute-form target is refused);
+    // h2 carries scheme and authority beside :path.
+    let uri = if h2 {
+        format!("https://127.0.0.1:{}{DELETE}", addr.port())
+    } else {
+        DELETE.to_string()
+    };
+    let req = hyper::Request::post(uri)
+        .header("host", format!("127.0.0.1:{}", addr.port()))
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(delete_body(&campaign_id()))))
+        .unwrap();
+    let resp = if h2 {
+        let (mut send, c) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .map_err(|e| format!("h2: {e}"))?;
+        tokio::spawn(c);
+        send.send_request(req)
+            .await
+            .map_err(|e| format!("h2 request: {e}"))?
+    } else {
+        let (mut send, c) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| format!("h1: {e}"))?;
+        tokio::spawn(c);
+        send.send_request(req)
+            .await
+            .map_err(|e| format!("h1 request: {e}"))?
+    };
+    let status = resp.status().as_u16();
+    let version = format!("{:?}", resp.version());
+    let _ = resp.into_body().collect().await;
+    Ok((status, Some(version)))
+}
+
+#[tokio::test]
+async fn mtls_admits_only_clients_of_the_ca_and_records_their_subject() {
+    let w = World::new().await;
+    let (cert, key) = w.ca.server(&["127.0.0.1"], false);
+    w.write("tls/gw.pem", &cert);
+    w.write("tls/gw.key", &key);
+    let client_ca = Ca::new("client CA");
+    w.write("tls/clients.pem", &client_ca.pem);
+    let gw = w
+        .start_with(|d| {
+            let t: toml::Table = toml::from_str(
+                "cert_file = \"tls/gw.pem\"\nkey_file = \"tls/gw.key\"\nclient_ca_file = \"tls/clients.pem\"",
+            )
+            .unwrap();
+            table(d, "server").insert("tls".into(), t.into());
+        })
+        .await;
+    let token = w.token("growth");
+    let alice = client_ca.client("svc-cleaner.growth");
+    // h2 and HTTP/1.1 both work for a client of the CA.
+    let (st, v) = tls_delete(
+        gw.addr,
+        client_config(&w.ca.pem, Some(&alice), &[b"h2"]),
+        true,
+        &token,
+    )
+    .await
+    .unwrap();
+    assert_eq!((st, v.as_deref()), (204, Some("HTTP/2.0")));
+    let (st, v) = tls_delete(
+        gw.addr,
+        client_config(&w.ca.pem, Some(&alice), &[b"http/1.1"]),
+        false,
+        &token,
+    )
+    .await
+    .unwrap();
+    assert_eq!((st, v.as_deref()), (204, Some("HTTP/1.1")));
+    assert_eq!(
+        w.batch().seen()[0].target,
+        DELETE,
+        "h2 requests forward the path only"
+    );
+    // No client certificate, or one from another CA: no HTTP at all.
+    assert!(
+        tls_delete(
+            gw.addr,
+            client_config(&w.ca.pem, None, &[b"h2"]),
+            true,
+            &token
+        )
+        .await
+        .is_err()
+    );
+    let mallory = Ca::new("rogue").client("mallory");
+    assert!(
+        tls_delete(
+            gw.addr,
+            client_config(&w.ca.pem, Some(&mallory), &[b"http/1.1"]),
+            false,
+            &token
+        )
+        .await
+        .is_err()
+    );
+    assert_eq!(w.batch().count(), 2);
+    let attempt = w
+        .audit_records()
+        .into_iter()
+        .find(|r| r["phase"] == json!("attempt"))
+        .unwrap();
+    assert_eq!(attempt["client_cert"], json!("CN=svc-cleaner.growth"));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_renewed_certificate_is_served_after_a_reload_without_a_restart() {
+    let w = World::new().await;
+    let (cert, key) = w.ca.server(&["127.0.0.1"], false);
+    w.write("tls/gw.pem", &cert);
+    w.write("tls/gw.key", &key);
+    let gw = w
+        .start_with(|d| {
+            let t: toml::Table =
+                toml::from_str("cert_file = \"tls/gw.pem\"\nkey_file = \"tls/gw.key\"").unwrap();
+            table(d, "server").insert("tls".into(), t.into());
+        })
+        .await;
+    let token = w.token("growth");
+    assert_eq!(
+        tls_delete(
+            gw.addr,
+            client_config(&w.ca.pem, None, &[b"http/1.1"]),
+            false,
+            &token
+        )
+        .await
+        .unwrap()
+        .0,
+        204
+    );
+    // The certificate is renewed under a new CA; clients trusting only the
+    // new CA connect once the gateway reloads.
+    let next = Ca::new("next CA");
+    let (cert, key) = next.server(&["127.0.0.1"], false);
+    w.write("tls/gw.pem", &cert);
+    w.write("tls/gw.key", &key);
+    assert!(
+        tls_delete(
+            gw.addr,
+            client_config(&next.pem, None, &[b"http/1.1"]),
+            false,
+            &token
+        )
+        .await
+        .is_err()
+    );
+    gw.app.reload().await.unwrap();
+    assert_eq!(
+        tls_delete(
+            gw.addr,
+            client_config(&next.pem, None, &[b"http/1.1"]),
+            false,
+            &token
+        )
+        .await
+        .unwrap()
+        .0,
+        204
+    );
+    gw.stop().await;
+}
