@@ -56,14 +56,6 @@ impl Problems {
             message: message.into(),
         });
     }
-    fn unsupported(&mut self, key: impl Into<String>, present: bool) {
-        if present {
-            self.add(
-                key,
-                "not supported yet by this build of batch-gateway; remove the key",
-            );
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -148,7 +140,24 @@ struct RawSecrets {
     file: Option<String>,
     cache_ttl_s: Option<u64>,
     stale_if_error_s: Option<u64>,
-    vault: Option<toml::Value>,
+    vault: Option<RawVault>,
+}
+
+#[derive(Deserialize)]
+struct RawVault {
+    address: Option<String>,
+    ca_file: Option<String>,
+    kv_mount: Option<String>,
+    namespace: Option<String>,
+    auth: Option<String>,
+    token_file: Option<String>,
+    kubernetes_role: Option<String>,
+    kubernetes_jwt_file: Option<String>,
+    kubernetes_mount: Option<String>,
+    approle_role_id: Option<String>,
+    approle_secret_id_file: Option<String>,
+    approle_mount: Option<String>,
+    request_timeout_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -303,6 +312,41 @@ pub struct JwksConfig {
 #[derive(Debug, Clone)]
 pub enum SecretsBackend {
     File(PathBuf),
+    Vault(Box<VaultConfig>),
+}
+
+/// `[secrets.vault]`: KV v2 at `<kv_mount>/data/<secret_path>`.
+#[derive(Debug, Clone)]
+pub struct VaultConfig {
+    /// `https://host:port`.
+    pub address: http::Uri,
+    pub ca_file: Option<PathBuf>,
+    /// Defaults to `secret`.
+    pub kv_mount: String,
+    /// Sent as `X-Vault-Namespace`.
+    pub namespace: Option<String>,
+    pub auth: VaultAuth,
+    /// Bounds each Vault call. Defaults to 2000 ms.
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum VaultAuth {
+    /// From `token_file` (re-read when it changes), else `VAULT_TOKEN`.
+    Token { token_file: Option<PathBuf> },
+    Kubernetes {
+        role: String,
+        /// Defaults to the pod's service-account token.
+        jwt_file: PathBuf,
+        /// Defaults to `kubernetes`.
+        mount: String,
+    },
+    AppRole {
+        role_id: String,
+        secret_id_file: PathBuf,
+        /// Defaults to `approle`.
+        mount: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -450,9 +494,38 @@ impl Config {
         {
             p.add("upstream.ca_file", e.to_string());
         }
-        let SecretsBackend::File(file) = &self.secrets.backend;
-        if let Err(e) = crate::secrets::FileSource::read_file(file) {
-            p.add("secrets.file", e.to_string());
+        match &self.secrets.backend {
+            SecretsBackend::File(file) => {
+                if let Err(e) = crate::secrets::FileSource::read_file(file) {
+                    p.add("secrets.file", e.to_string());
+                }
+            }
+            SecretsBackend::Vault(v) => {
+                if let Some(ca) = &v.ca_file
+                    && let Err(e) = crate::forward::load_ca_file(ca)
+                {
+                    p.add("secrets.vault.ca_file", e.to_string());
+                }
+                let credential = match &v.auth {
+                    VaultAuth::Token { token_file } => {
+                        token_file.as_ref().map(|f| ("token_file", f))
+                    }
+                    VaultAuth::Kubernetes { jwt_file, .. } => {
+                        Some(("kubernetes_jwt_file", jwt_file))
+                    }
+                    VaultAuth::AppRole { secret_id_file, .. } => {
+                        Some(("approle_secret_id_file", secret_id_file))
+                    }
+                };
+                if let Some((key, f)) = credential
+                    && let Err(e) = std::fs::metadata(f)
+                {
+                    p.add(
+                        format!("secrets.vault.{key}"),
+                        format!("cannot read {}: {e}", f.display()),
+                    );
+                }
+            }
         }
         if let Err(e) = crate::audit::HmacKey::load(&self.audit.hmac_key_file) {
             p.add("audit.hmac_key_file", e.to_string());
@@ -642,8 +715,11 @@ fn validate(raw: RawConfig, base: &Path, source: &Path, p: &mut Problems) -> Opt
             None
         }
         Some(sec) => {
-            p.unsupported("secrets.vault", sec.vault.is_some());
-            let backend = match sec.backend.as_deref().unwrap_or("file") {
+            let backend_name = sec.backend.as_deref().unwrap_or("file");
+            if backend_name != "vault" && sec.vault.is_some() {
+                p.add("secrets.vault", "only meaningful with backend = \"vault\"");
+            }
+            let backend = match backend_name {
                 "file" => match sec.file {
                     Some(f) => Some(SecretsBackend::File(resolve(&f))),
                     None => {
@@ -651,13 +727,15 @@ fn validate(raw: RawConfig, base: &Path, source: &Path, p: &mut Problems) -> Opt
                         None
                     }
                 },
-                "vault" => {
-                    p.add(
-                        "secrets.backend",
-                        "\"vault\" is not supported yet by this build",
-                    );
-                    None
-                }
+                "vault" => match sec.vault {
+                    None => {
+                        p.add("secrets.vault", "required when backend = \"vault\"");
+                        None
+                    }
+                    Some(v) => {
+                        validate_vault(v, &resolve, p).map(|v| SecretsBackend::Vault(Box::new(v)))
+                    }
+                },
                 other => {
                     p.add(
                         "secrets.backend",
@@ -946,6 +1024,129 @@ fn validate_issuer(
         jwks,
         typ: iss.typ,
     }
+}
+
+fn validate_vault(
+    v: RawVault,
+    resolve: &dyn Fn(&str) -> PathBuf,
+    p: &mut Problems,
+) -> Option<VaultConfig> {
+    let address = match v.address.as_deref().map(str::parse::<http::Uri>) {
+        Some(Ok(u)) if u.scheme_str() == Some("https") && u.authority().is_some() => Some(u),
+        Some(_) => {
+            p.add("secrets.vault.address", "must be an https:// URL");
+            None
+        }
+        None => {
+            p.add("secrets.vault.address", "required");
+            None
+        }
+    };
+    let auth_name = v.auth.as_deref().unwrap_or("token");
+    let stray = |p: &mut Problems, name: &str, present: bool, method: &str| {
+        if present {
+            p.add(
+                format!("secrets.vault.{name}"),
+                format!("only meaningful with auth = \"{method}\""),
+            );
+        }
+    };
+    if auth_name != "token" {
+        stray(p, "token_file", v.token_file.is_some(), "token");
+    }
+    if auth_name != "kubernetes" {
+        stray(
+            p,
+            "kubernetes_role",
+            v.kubernetes_role.is_some(),
+            "kubernetes",
+        );
+        stray(
+            p,
+            "kubernetes_jwt_file",
+            v.kubernetes_jwt_file.is_some(),
+            "kubernetes",
+        );
+        stray(
+            p,
+            "kubernetes_mount",
+            v.kubernetes_mount.is_some(),
+            "kubernetes",
+        );
+    }
+    if auth_name != "approle" {
+        stray(p, "approle_role_id", v.approle_role_id.is_some(), "approle");
+        stray(
+            p,
+            "approle_secret_id_file",
+            v.approle_secret_id_file.is_some(),
+            "approle",
+        );
+        stray(p, "approle_mount", v.approle_mount.is_some(), "approle");
+    }
+    let auth = match auth_name {
+        "token" => Some(VaultAuth::Token {
+            token_file: v.token_file.as_deref().map(resolve),
+        }),
+        "kubernetes" => match v.kubernetes_role {
+            Some(role) if !role.is_empty() => Some(VaultAuth::Kubernetes {
+                role,
+                jwt_file: resolve(
+                    v.kubernetes_jwt_file
+                        .as_deref()
+                        .unwrap_or("/var/run/secrets/kubernetes.io/serviceaccount/token"),
+                ),
+                mount: v.kubernetes_mount.unwrap_or_else(|| "kubernetes".into()),
+            }),
+            _ => {
+                p.add(
+                    "secrets.vault.kubernetes_role",
+                    "required with auth = \"kubernetes\"",
+                );
+                None
+            }
+        },
+        "approle" => match (v.approle_role_id, v.approle_secret_id_file) {
+            (Some(role_id), Some(file)) if !role_id.is_empty() => Some(VaultAuth::AppRole {
+                role_id,
+                secret_id_file: resolve(&file),
+                mount: v.approle_mount.unwrap_or_else(|| "approle".into()),
+            }),
+            _ => {
+                p.add(
+                    "secrets.vault",
+                    "auth = \"approle\" needs approle_role_id and approle_secret_id_file",
+                );
+                None
+            }
+        },
+        other => {
+            p.add(
+                "secrets.vault.auth",
+                format!("{other:?} is not \"token\", \"kubernetes\" or \"approle\""),
+            );
+            None
+        }
+    };
+    let mount = v.kv_mount.unwrap_or_else(|| "secret".into());
+    if mount.is_empty() || mount.contains("..") || mount.starts_with('/') {
+        p.add(
+            "secrets.vault.kv_mount",
+            "must be a mount path like \"secret\"",
+        );
+    }
+    let timeout = v.request_timeout_ms.unwrap_or(2000);
+    if timeout == 0 {
+        p.add("secrets.vault.request_timeout_ms", "must be greater than 0");
+    }
+    Some(VaultConfig {
+        address: address?,
+        ca_file: v.ca_file.as_deref().map(resolve),
+        kv_mount: mount.trim_end_matches('/').to_string(),
+        namespace: v.namespace,
+        auth: auth?,
+        request_timeout: Duration::from_millis(timeout),
+    })
 }
 
 /// Aliases travel in a header and in audit records: keep them plain.

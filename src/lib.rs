@@ -80,7 +80,7 @@ pub struct App {
     pub secrets: SecretCache,
     pub audit: AuditLog,
     pub hmac: HmacKey,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     pub inflight: Arc<Semaphore>,
     pub replay: replay::ReplayCache,
     pub limits: limits::Limits,
@@ -97,12 +97,18 @@ impl App {
             None => None,
         };
         let hmac = HmacKey::load(&config.audit.hmac_key_file)?;
-        let SecretsBackend::File(path) = &config.secrets.backend;
-        let source = Arc::new(FileSource::new(path.clone()));
-        let secrets = SecretCache::new(
+        let metrics = Arc::new(Metrics::new());
+        let source: Arc<dyn secrets::SecretSource> = match &config.secrets.backend {
+            SecretsBackend::File(path) => Arc::new(FileSource::new(path.clone())),
+            SecretsBackend::Vault(v) => {
+                Arc::new(secrets::vault::VaultSource::new(v, metrics.clone())?)
+            }
+        };
+        let secrets = SecretCache::with_metrics(
             source,
             config.secrets.cache_ttl,
             config.secrets.stale_if_error,
+            Some(metrics.clone()),
         );
         let replay = replay::ReplayCache::new(config.auth.replay_cache_size);
         let restored = replay.rebuild_from_audit(
@@ -143,7 +149,7 @@ impl App {
             secrets,
             audit,
             hmac,
-            metrics: Metrics::new(),
+            metrics,
             inflight,
             replay,
             limits: limits::Limits::new(),

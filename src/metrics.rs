@@ -25,6 +25,18 @@ pub struct ProjectLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VaultLabels {
+    pub op: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SecretPathLabels {
+    /// A configured secret path (a closed set).
+    pub secret_path: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: &'static str,
 }
@@ -41,6 +53,11 @@ pub struct Metrics {
     pub replay_rejections: Family<KindLabels, Counter>,
     pub cooldowns: Family<ProjectLabels, Counter>,
     pub reloads: Family<KindLabels, Counter>,
+    pub vault_calls: Family<VaultLabels, Counter>,
+    pub vault_logins: Counter,
+    pub vault_renewals: Counter,
+    pub secret_cache: Family<KindLabels, Counter>,
+    pub secret_refreshed: Family<SecretPathLabels, Gauge>,
 }
 
 fn buckets() -> impl Iterator<Item = f64> {
@@ -110,6 +127,36 @@ impl Metrics {
             "Config reloads, by result (ok, rejected)",
             reloads.clone(),
         );
+        let vault_calls = Family::<VaultLabels, Counter>::default();
+        registry.register(
+            "vault_calls",
+            "Vault HTTP calls by operation and result",
+            vault_calls.clone(),
+        );
+        let vault_logins = Counter::default();
+        registry.register(
+            "vault_logins",
+            "Vault logins (first, and after a refused renewal or a 403)",
+            vault_logins.clone(),
+        );
+        let vault_renewals = Counter::default();
+        registry.register(
+            "vault_renewals",
+            "Vault token renewals",
+            vault_renewals.clone(),
+        );
+        let secret_cache = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "secret_cache",
+            "Secret cache look-ups: hit, miss, stale (served past its TTL), eviction",
+            secret_cache.clone(),
+        );
+        let secret_refreshed = Family::<SecretPathLabels, Gauge>::default();
+        registry.register(
+            "secret_last_refresh_timestamp_seconds",
+            "Unix time of each secret's last successful fetch (time() minus this = its age)",
+            secret_refreshed.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             requests,
@@ -122,6 +169,11 @@ impl Metrics {
             replay_rejections,
             cooldowns,
             reloads,
+            vault_calls,
+            vault_logins,
+            vault_renewals,
+            secret_cache,
+            secret_refreshed,
         }
     }
 

@@ -1,11 +1,13 @@
 //! Step 6 of the request path: resolve a project's REST key and project key.
 //!
-//! Sources (file today, Vault next) sit behind [`SecretSource`]; a moka
+//! Sources (a file, or Vault's KV v2) sit behind [`SecretSource`]; a moka
 //! cache in front of every source serves a value for `cache_ttl_s` without
 //! asking the source, and while the source fails, keeps serving the last
 //! good value for at most `stale_if_error_s` past its TTL. A secret the
 //! source says is gone is evicted at once. Secrets live in `secrecy` types:
 //! their `Debug` prints `[REDACTED]`.
+
+pub mod vault;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -199,32 +201,61 @@ pub enum SecretState {
     Unavailable,
 }
 
-/// The cache in front of a [`SecretSource`].
+/// The cache in front of a [`SecretSource`]. Cheap to clone.
+#[derive(Clone)]
 pub struct SecretCache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     source: Arc<dyn SecretSource>,
     cache: moka::future::Cache<String, Entry>,
     ttl: Duration,
     stale: Duration,
     states: Mutex<HashMap<String, SecretState>>,
+    /// One fetch per secret path at a time (single flight).
+    flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl SecretCache {
     pub fn new(source: Arc<dyn SecretSource>, ttl: Duration, stale: Duration) -> Self {
+        Self::with_metrics(source, ttl, stale, None)
+    }
+
+    pub fn with_metrics(
+        source: Arc<dyn SecretSource>,
+        ttl: Duration,
+        stale: Duration,
+        metrics: Option<Arc<crate::metrics::Metrics>>,
+    ) -> Self {
         let cache = moka::future::Cache::builder()
             .max_capacity(100_000)
             .time_to_live((ttl + stale).max(Duration::from_secs(1)))
             .build();
         SecretCache {
-            source,
-            cache,
-            ttl,
-            stale,
-            states: Mutex::new(HashMap::new()),
+            inner: Arc::new(Inner {
+                source,
+                cache,
+                ttl,
+                stale,
+                states: Mutex::new(HashMap::new()),
+                flights: Mutex::new(HashMap::new()),
+                metrics,
+            }),
+        }
+    }
+
+    fn count(&self, kind: &'static str) {
+        if let Some(m) = &self.inner.metrics {
+            m.secret_cache
+                .get_or_create(&crate::metrics::KindLabels { kind })
+                .inc();
         }
     }
 
     fn set_state(&self, path: &str, state: SecretState) {
-        if let Ok(mut m) = self.states.lock() {
+        if let Ok(mut m) = self.inner.states.lock() {
             m.insert(path.to_string(), state);
         }
     }
@@ -233,6 +264,7 @@ impl SecretCache {
     /// `Expired` when a once-good value is no longer usable.
     pub async fn state(&self, path: &str) -> SecretState {
         let last = self
+            .inner
             .states
             .lock()
             .ok()
@@ -247,24 +279,70 @@ impl SecretCache {
 
     /// A value for `path` is cached and may still be served.
     pub async fn usable(&self, path: &str) -> bool {
-        self.cache
+        self.inner
+            .cache
             .get(path)
             .await
-            .is_some_and(|e| e.fetched.elapsed() < self.ttl + self.stale)
+            .is_some_and(|e| e.fetched.elapsed() < self.inner.ttl + self.inner.stale)
+    }
+
+    fn flight(&self, path: &str) -> Arc<tokio::sync::Mutex<()>> {
+        match self.inner.flights.lock() {
+            Ok(mut f) => f.entry(path.to_string()).or_default().clone(),
+            Err(_) => Arc::new(tokio::sync::Mutex::new(())),
+        }
     }
 
     /// A usable secret for `path`, or why there is none.
+    ///
+    /// Within `cache_ttl_s` the cached value is served; in its last fifth a
+    /// background refresh starts, so no request waits on the backend while
+    /// a cached value exists. Concurrent misses share one fetch.
     pub async fn get(&self, path: &str) -> Result<(Arc<ProjectSecret>, Freshness), SourceError> {
-        let cached = self.cache.get(path).await;
-        if let Some(e) = &cached
-            && e.fetched.elapsed() < self.ttl
+        let ttl = self.inner.ttl;
+        if let Some(e) = self.inner.cache.get(path).await {
+            let age = e.fetched.elapsed();
+            if age < ttl {
+                self.count("hit");
+                if age >= ttl.mul_f64(0.8) {
+                    self.refresh_in_background(path);
+                }
+                return Ok((e.secret.clone(), Freshness::Cached));
+            }
+        }
+        self.count("miss");
+        let flight = self.flight(path);
+        let _turn = flight.lock().await;
+        // Someone else may have fetched while we waited.
+        if let Some(e) = self.inner.cache.get(path).await
+            && e.fetched.elapsed() < ttl
         {
             return Ok((e.secret.clone(), Freshness::Cached));
         }
-        match self.source.fetch(path).await {
+        self.fetch(path).await
+    }
+
+    fn refresh_in_background(&self, path: &str) {
+        let flight = self.flight(path);
+        let Ok(turn) = flight.try_lock_owned() else {
+            return; // a refresh is already running
+        };
+        let this = self.clone();
+        let path = path.to_string();
+        tokio::spawn(async move {
+            let _turn = turn;
+            let _ = this.fetch(&path).await;
+        });
+    }
+
+    /// Asks the source (the caller holds the path's flight).
+    async fn fetch(&self, path: &str) -> Result<(Arc<ProjectSecret>, Freshness), SourceError> {
+        let cached = self.inner.cache.get(path).await;
+        match self.inner.source.fetch(path).await {
             Ok(secret) => {
                 let secret = Arc::new(secret);
-                self.cache
+                self.inner
+                    .cache
                     .insert(
                         path.to_string(),
                         Entry {
@@ -274,12 +352,26 @@ impl SecretCache {
                     )
                     .await;
                 self.set_state(path, SecretState::Ok);
+                if let Some(m) = &self.inner.metrics {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs() as i64)
+                        .unwrap_or(0);
+                    m.secret_refreshed
+                        .get_or_create(&crate::metrics::SecretPathLabels {
+                            secret_path: path.to_string(),
+                        })
+                        .set(now);
+                }
                 Ok((secret, Freshness::Fresh))
             }
             Err(e @ (SourceError::NotFound | SourceError::Invalid(_))) => {
                 // The source says this secret is gone or unusable: a revoked
                 // key is never used again.
-                self.cache.invalidate(path).await;
+                if cached.is_some() {
+                    self.count("eviction");
+                }
+                self.inner.cache.invalidate(path).await;
                 let state = if matches!(e, SourceError::NotFound) {
                     SecretState::Missing
                 } else {
@@ -291,11 +383,16 @@ impl SecretCache {
             }
             Err(e @ SourceError::Unavailable(_)) => {
                 if let Some(entry) = cached
-                    && entry.fetched.elapsed() < self.ttl + self.stale
+                    && entry.fetched.elapsed() < self.inner.ttl + self.inner.stale
                 {
-                    self.set_state(path, SecretState::Stale);
-                    tracing::warn!(secret_path = path, error = %e, "secret source failing; serving the cached secret");
-                    return Ok((entry.secret, Freshness::Stale));
+                    if entry.fetched.elapsed() >= self.inner.ttl {
+                        self.count("stale");
+                        self.set_state(path, SecretState::Stale);
+                        tracing::warn!(secret_path = path, error = %e, "secret source failing; serving the cached secret");
+                        return Ok((entry.secret, Freshness::Stale));
+                    }
+                    // A background refresh failed while the value is fresh.
+                    return Ok((entry.secret, Freshness::Cached));
                 }
                 self.set_state(path, SecretState::Unavailable);
                 tracing::warn!(secret_path = path, error = %e, "secret source failing and no usable cached secret");

@@ -88,7 +88,9 @@ fn relative_paths_resolve_against_the_config_folder() {
         c.auth.issuers[0].public_keys[0],
         Path::new("/etc/bgw/keys/idp.pem")
     );
-    let SecretsBackend::File(f) = &c.secrets.backend;
+    let SecretsBackend::File(f) = &c.secrets.backend else {
+        panic!("not file")
+    };
     assert_eq!(f, Path::new("/etc/bgw/secrets.toml"));
     let c = parse("[audit]\nfile = \"/var/audit.jsonl\"").unwrap();
     assert_eq!(c.audit.file, Path::new("/var/audit.jsonl"));
@@ -125,22 +127,76 @@ fn semantic_problems_are_reported_together_with_unknown_keys() {
 }
 
 #[test]
-fn each_key_of_a_later_feature_is_refused_as_not_supported_yet() {
-    let cases = [
+fn vault_backends_are_validated_per_auth_method() {
+    let v = |extra: &str| {
+        parse(&format!(
+            "[secrets]\nbackend = \"vault\"\n[secrets.vault]\naddress = \"https://vault:8200\"\n{extra}"
+        ))
+    };
+    let c = v("").unwrap();
+    let SecretsBackend::Vault(cfg) = &c.secrets.backend else {
+        panic!("not vault")
+    };
+    assert_eq!(cfg.kv_mount, "secret");
+    assert_eq!(cfg.request_timeout, Duration::from_secs(2));
+    assert!(matches!(cfg.auth, VaultAuth::Token { token_file: None }));
+    let c = v("auth = \"kubernetes\"\nkubernetes_role = \"batch-gateway\"").unwrap();
+    let SecretsBackend::Vault(cfg) = &c.secrets.backend else {
+        panic!("not vault")
+    };
+    match &cfg.auth {
+        VaultAuth::Kubernetes {
+            role,
+            jwt_file,
+            mount,
+        } => {
+            assert_eq!(
+                (role.as_str(), mount.as_str()),
+                ("batch-gateway", "kubernetes")
+            );
+            assert_eq!(
+                jwt_file,
+                Path::new("/var/run/secrets/kubernetes.io/serviceaccount/token")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        v("auth = \"approle\"\napprole_role_id = \"r\"\napprole_secret_id_file = \"sid\"").is_ok()
+    );
+    for (extra, key) in [
+        ("auth = \"kubernetes\"", "secrets.vault.kubernetes_role"),
         (
-            "[secrets.vault]\naddress = \"https://vault:8200\"",
+            "auth = \"approle\"\napprole_role_id = \"r\"",
             "secrets.vault",
         ),
-        ("[secrets]\nbackend = \"vault\"", "secrets.backend"),
-    ];
-    for (extra, key) in cases {
-        let p = problems(extra);
-        assert!(
-            p.iter()
-                .any(|s| s.starts_with(key) && s.contains("not supported yet")),
-            "{key}: {p:?}"
-        );
+        ("auth = \"ldap\"", "secrets.vault.auth"),
+        (
+            "token_file = \"t\"\nauth = \"approle\"\napprole_role_id = \"r\"\napprole_secret_id_file = \"s\"",
+            "secrets.vault.token_file",
+        ),
+        ("request_timeout_ms = 0", "secrets.vault.request_timeout_ms"),
+        ("kv_mount = \"../x\"", "secrets.vault.kv_mount"),
+    ] {
+        let p = problems(&format!(
+            "[secrets]\nbackend = \"vault\"\n[secrets.vault]\naddress = \"https://vault:8200\"\n{extra}"
+        ));
+        assert!(p.iter().any(|s| s.starts_with(key)), "{key}: {p:?}");
     }
+    let p = problems(
+        "[secrets]\nbackend = \"vault\"\n[secrets.vault]\naddress = \"http://vault:8200\"",
+    );
+    assert!(
+        p.iter().any(|s| s.starts_with("secrets.vault.address")),
+        "{p:?}"
+    );
+    let p = problems("[secrets]\nbackend = \"vault\"");
+    assert!(p.iter().any(|s| s.starts_with("secrets.vault")), "{p:?}");
+    let p = problems("[secrets.vault]\naddress = \"https://v\"");
+    assert!(
+        p.iter().any(|s| s.contains("only meaningful with backend")),
+        "{p:?}"
+    );
 }
 
 #[test]

@@ -3,6 +3,8 @@
 //! a raw HTTP/1.1 client that can send what well-behaved clients never do.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod vault;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
