@@ -85,10 +85,7 @@ impl Tracker {
                     }
                 }
                 State::Fixed(n) => {
-                    let take = (owned.len() - i).min(usize::try_from(n).unwrap_or(usize::MAX));
-                    out.extend_from_slice(&owned[i..i + take]);
-                    i += take;
-                    let left = n - take as u64;
+                    let left = pass_through(&owned, &mut i, n, out);
                     self.state = if left == 0 {
                         State::Head
                     } else {
@@ -96,10 +93,7 @@ impl Tracker {
                     };
                 }
                 State::ChunkData(n) => {
-                    let take = (owned.len() - i).min(usize::try_from(n).unwrap_or(usize::MAX));
-                    out.extend_from_slice(&owned[i..i + take]);
-                    i += take;
-                    let left = n - take as u64;
+                    let left = pass_through(&owned, &mut i, n, out);
                     self.state = if left == 0 {
                         State::ChunkEnd
                     } else {
@@ -136,6 +130,14 @@ impl Tracker {
     pub fn flush(&mut self, out: &mut BytesMut) {
         out.extend_from_slice(&std::mem::take(&mut self.buf));
     }
+}
+
+/// Passes up to `n` body bytes from `data[*i..]` on; returns what is left.
+fn pass_through(data: &[u8], i: &mut usize, n: u64, out: &mut BytesMut) -> u64 {
+    let take = (data.len() - *i).min(usize::try_from(n).unwrap_or(usize::MAX));
+    out.extend_from_slice(&data[*i..*i + take]);
+    *i += take;
+    n - take as u64
 }
 
 fn chunk_size(line: &[u8]) -> State {

@@ -6,7 +6,7 @@
 mod support;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use batch_gateway::audit::verify::{self, VerifyOptions};
 use jsonwebtoken::Algorithm;
@@ -331,21 +331,6 @@ async fn audit_report_summarises_a_period_for_reviewers() {
     );
 }
 
-fn free_port() -> u16 {
-    dead_addr().port()
-}
-
-fn wait_healthy(admin: u16) {
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(20) {
-        if std::net::TcpStream::connect(("127.0.0.1", admin)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("gateway not up");
-}
-
 #[tokio::test]
 async fn after_kill_9_under_load_every_forwarded_request_has_its_attempt_and_the_chain_verifies() {
     let w = World::new().await;
@@ -366,21 +351,17 @@ async fn after_kill_9_under_load_every_forwarded_request_has_its_attempt_and_the
             .unwrap()
     };
     let mut child = spawn();
-    wait_healthy(admin);
+    wait_up(admin);
     let addr: std::net::SocketAddr = format!("127.0.0.1:{data}").parse().unwrap();
     let mut load = Vec::new();
     for _ in 0..8 {
         let token = w.token("growth");
         load.push(tokio::spawn(async move {
             for _ in 0..200 {
-                let body = delete_body(&campaign_id());
-                let mut raw = format!(
-                    "POST {DELETE} HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer {token}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-                    body.len()
-                )
-                .into_bytes();
-                raw.extend_from_slice(&body);
-                let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else { return };
+                let raw = delete_request(&token, "", &delete_body(&campaign_id()));
+                let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+                    return;
+                };
                 use tokio::io::{AsyncReadExt, AsyncWriteExt};
                 if s.write_all(&raw).await.is_err() {
                     return;
@@ -410,7 +391,7 @@ async fn after_kill_9_under_load_every_forwarded_request_has_its_attempt_and_the
         .collect();
 
     let mut child = spawn();
-    wait_healthy(admin);
+    wait_up(admin);
     child.kill().unwrap();
     child.wait().unwrap();
     let (code, text) = run(&["audit", "verify", w.audit_path().to_str().unwrap()]);
@@ -447,17 +428,14 @@ async fn the_stdout_mirror_carries_exactly_the_files_lines() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_healthy(admin);
+    wait_up(admin);
     let addr: std::net::SocketAddr = format!("127.0.0.1:{data}").parse().unwrap();
     for team in ["growth", "support"] {
-        let body = delete_body(&campaign_id());
-        let mut raw = format!(
-            "POST {DELETE} HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer {}\r\nX-Batch-Project: marketing-prod\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-            w.token(team),
-            body.len()
-        )
-        .into_bytes();
-        raw.extend_from_slice(&body);
+        let raw = delete_request(
+            &w.token(team),
+            "X-Batch-Project: marketing-prod\r\n",
+            &delete_body(&campaign_id()),
+        );
         raw_exchange(addr, &raw).await;
     }
     Command::new("kill")

@@ -22,10 +22,6 @@ fn run(args: &[&str]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), text)
 }
 
-fn free_port() -> u16 {
-    dead_addr().port()
-}
-
 #[tokio::test]
 async fn check_config_opens_every_file_and_reports_each_problem() {
     let w = World::new().await;
@@ -139,15 +135,8 @@ async fn sigterm_drains_and_exits_0() {
     // A request in flight when SIGTERM arrives still completes.
     w.batch().set_delay(Duration::from_millis(800));
     let token = w.token("growth");
-    let body = delete_body(&campaign_id());
     let inflight = tokio::spawn(async move {
-        let mut raw = format!(
-            "POST {DELETE} HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer {token}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        )
-        .into_bytes();
-        raw.extend_from_slice(&body);
-        raw_exchange(format!("127.0.0.1:{data}").parse().unwrap(), &raw).await
+        delete_at(format!("127.0.0.1:{data}").parse().unwrap(), &token).await
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     sigterm(&child, "-TERM");

@@ -165,14 +165,8 @@ async fn a_flood_of_unknown_kids_costs_one_fetch_per_interval() {
     for i in 0..200 {
         let tok = sign_kid(&key, &format!("random-{i}"), &claims(ISS, "growth"));
         let gw_addr = gw.addr;
-        let body = body.clone();
+        let raw = delete_request(&tok, "", &body);
         tasks.push(tokio::spawn(async move {
-            let mut raw = format!(
-                "POST {DELETE} HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer {tok}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-                body.len()
-            )
-            .into_bytes();
-            raw.extend_from_slice(&body);
             raw_exchange(gw_addr, &raw).await.status
         }));
     }

@@ -45,16 +45,7 @@ async fn a_429_storm_reaches_batch_once_and_other_projects_keep_working() {
     for _ in 0..100 {
         let token = w.token("growth");
         let addr = gw.addr;
-        tasks.push(tokio::spawn(async move {
-            let body = delete_body(&campaign_id());
-            let mut raw = format!(
-                "POST {DELETE} HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer {token}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-                body.len()
-            )
-            .into_bytes();
-            raw.extend_from_slice(&body);
-            raw_exchange(addr, &raw).await
-        }));
+        tasks.push(tokio::spawn(async move { delete_at(addr, &token).await }));
     }
     for t in tasks {
         let r = t.await.unwrap();
@@ -226,21 +217,6 @@ async fn a_reload_swaps_grants_and_refuses_an_invalid_config() {
     gw.stop().await;
 }
 
-fn free_port() -> u16 {
-    dead_addr().port()
-}
-
-fn wait_up(admin: u16) {
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(20) {
-        if std::net::TcpStream::connect(("127.0.0.1", admin)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("gateway not up");
-}
-
 fn kill(child: &std::process::Child, sig: &str) {
     Command::new("kill")
         .args([sig, &child.id().to_string()])
@@ -262,14 +238,10 @@ fn load(
                 let (mut ok, mut bad) = (0, vec![]);
                 let t = Instant::now();
                 while t.elapsed() < Duration::from_secs(secs) {
-                    let body = delete_body(&campaign_id());
-                    let mut raw = format!(
-                        "POST {DELETE} HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer {token}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-                        body.len()
-                    )
-                    .into_bytes();
-                    raw.extend_from_slice(&body);
-                    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else { break };
+                    let raw = delete_request(&token, "", &delete_body(&campaign_id()));
+                    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+                        break;
+                    };
                     use tokio::io::{AsyncReadExt, AsyncWriteExt};
                     if s.write_all(&raw).await.is_err() {
                         break;
@@ -458,16 +430,7 @@ async fn upstream_pacing_holds_a_project_to_its_rate() {
     for _ in 0..4 {
         let token = w.token("growth");
         let addr = gw.addr;
-        tasks.push(tokio::spawn(async move {
-            let body = delete_body(&campaign_id());
-            let mut raw = format!(
-                "POST {DELETE} HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer {token}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-                body.len()
-            )
-            .into_bytes();
-            raw.extend_from_slice(&body);
-            raw_exchange(addr, &raw).await
-        }));
+        tasks.push(tokio::spawn(async move { delete_at(addr, &token).await }));
     }
     let mut paced = 0;
     for t in tasks {

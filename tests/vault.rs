@@ -250,16 +250,9 @@ async fn a_hundred_concurrent_requests_for_an_expired_secret_cause_one_vault_rea
     for _ in 0..100 {
         let token = w.token("growth");
         let addr = gw.addr;
-        tasks.push(tokio::spawn(async move {
-            let body = delete_body(&campaign_id());
-            let mut raw = format!(
-                "POST {DELETE} HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer {token}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-                body.len()
-            )
-            .into_bytes();
-            raw.extend_from_slice(&body);
-            raw_exchange(addr, &raw).await.status
-        }));
+        tasks.push(tokio::spawn(
+            async move { delete_at(addr, &token).await.status },
+        ));
     }
     for t in tasks {
         assert_eq!(t.await.unwrap(), 204);

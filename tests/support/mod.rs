@@ -794,6 +794,44 @@ pub fn parse_response(buf: &[u8]) -> Option<Resp> {
     })
 }
 
+/// A delete as raw bytes: `Connection: close`, `extra` header lines
+/// (each ending in CRLF), then `body`.
+pub fn delete_request(token: &str, extra: &str, body: &[u8]) -> Vec<u8> {
+    let mut raw = format!(
+        "POST {DELETE} HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer {token}\r\n{extra}Connection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(body);
+    raw
+}
+
+/// One delete of a new campaign on its own connection to `addr`.
+pub async fn delete_at(addr: SocketAddr, token: &str) -> Resp {
+    raw_exchange(
+        addr,
+        &delete_request(token, "", &delete_body(&campaign_id())),
+    )
+    .await
+}
+
+/// A port that was free a moment ago (for the real binary's fixed config).
+pub fn free_port() -> u16 {
+    dead_addr().port()
+}
+
+/// Waits until something listens on 127.0.0.1:`port`.
+pub fn wait_up(port: u16) {
+    let t = std::time::Instant::now();
+    while t.elapsed() < Duration::from_secs(20) {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nothing listens on port {port}");
+}
+
 /// Where the built binary is (for CLI and signal tests).
 pub fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_batch-gateway"))
