@@ -197,6 +197,17 @@ impl Upstream {
                 h.insert(HeaderName::from_static(name), v.clone());
             }
         }
+        // W3C trace context: the caller's, when well-formed, else a new
+        // trace (and then no tracestate of someone else's trace).
+        if !h
+            .get("traceparent")
+            .is_some_and(|v| valid_traceparent(v.as_bytes()))
+        {
+            h.remove("tracestate");
+            if let Ok(v) = HeaderValue::from_str(&new_traceparent()) {
+                h.insert("traceparent", v);
+            }
+        }
         let mut auth =
             HeaderValue::from_str(&format!("Bearer {}", secret.rest_key.expose_secret()))
                 .map_err(|_| unreachable("bad_rest_key"))?;
@@ -261,6 +272,27 @@ impl Upstream {
     }
 }
 
+/// `00-<32 hex trace id, not all zero>-<16 hex parent id, not all zero>-<2 hex flags>`.
+pub fn valid_traceparent(v: &[u8]) -> bool {
+    let hex = |s: &[u8]| {
+        !s.is_empty()
+            && s.iter()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+    };
+    let zero = |s: &[u8]| s.iter().all(|b| *b == b'0');
+    let parts: Vec<&[u8]> = v.split(|b| *b == b'-').collect();
+    matches!(parts.as_slice(), [ver, trace, parent, flags]
+        if *ver == b"00" && trace.len() == 32 && parent.len() == 16 && flags.len() == 2
+            && hex(trace) && hex(parent) && hex(flags) && !zero(trace) && !zero(parent))
+}
+
+/// A fresh sampled trace: random trace and parent ids.
+pub fn new_traceparent() -> String {
+    let a = uuid::Uuid::new_v4().simple().to_string();
+    let b = uuid::Uuid::new_v4().simple().to_string();
+    format!("00-{a}-{}-01", &b[..16])
+}
+
 /// Batch's `error_code`, sent as a JSON string or number.
 fn error_code(body: &[u8]) -> Option<String> {
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
@@ -299,6 +331,24 @@ mod tests {
         let out = redact(b"a rk_123 b rk_123rk_123", b"rk_123");
         assert_eq!(&out[..], b"a [REDACTED] b [REDACTED][REDACTED]");
         assert_eq!(&redact(b"short", b"longer-key")[..], b"short");
+    }
+
+    #[test]
+    fn trace_context_is_kept_only_when_well_formed() {
+        assert!(valid_traceparent(
+            b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        ));
+        for bad in [
+            &b"00-00000000000000000000000000000000-b7ad6b7169203331-01"[..],
+            b"00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+            b"01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            b"00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+            b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+            b"garbage",
+        ] {
+            assert!(!valid_traceparent(bad), "{}", String::from_utf8_lossy(bad));
+        }
+        assert!(valid_traceparent(new_traceparent().as_bytes()));
     }
 
     #[test]

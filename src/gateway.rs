@@ -117,7 +117,11 @@ where
     let rid = trace.request_id.clone();
     // The request runs to its end even if the caller goes away: once an
     // attempt is recorded, its outcome must be recorded too.
-    let (resp, trace) = match tokio::spawn(serve(app.clone(), trace, parts, body)).await {
+    // Every log line of this request carries its id (the JSON log format
+    // prints the span's fields).
+    let span = tracing::info_span!("request", request_id = %rid);
+    let task = tracing::Instrument::instrument(serve(app.clone(), trace, parts, body), span);
+    let (resp, trace) = match tokio::spawn(task).await {
         Ok(done) => done,
         Err(e) => {
             tracing::error!(error = %e, "request task failed");

@@ -277,3 +277,47 @@ async fn token_mint_signs_what_the_gateway_verifies() {
     ]);
     assert_eq!(code, 2, "{text}");
 }
+
+#[tokio::test]
+async fn json_logs_carry_the_request_id_and_no_secret() {
+    let w = World::without_batch();
+    let (data, admin) = (free_port(), free_port());
+    let cfg = w.config(|d| {
+        let s = table(d, "server");
+        s.insert("listen".into(), format!("127.0.0.1:{data}").into());
+        s.insert("admin_listen".into(), format!("127.0.0.1:{admin}").into());
+        let l = table(d, "log");
+        l.insert("format".into(), "json".into());
+        l.insert("level".into(), "info".into());
+    });
+    let child = Command::new(binary())
+        .args(["serve", "--config"])
+        .arg(&cfg.source)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_up(admin);
+    let token = w.token("growth");
+    // Batch is unreachable: the gateway logs a warning for this request.
+    let r = delete_at(format!("127.0.0.1:{data}").parse().unwrap(), &token).await;
+    assert_eq!(r.status, 502);
+    let rid = r.header("x-request-id").unwrap().to_string();
+    sigterm(&child, "-TERM");
+    let out = child.wait_with_output().unwrap();
+    let logs = String::from_utf8(out.stderr).unwrap();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("upstream request failed"))
+        .unwrap_or_else(|| panic!("no warning logged: {logs}"));
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["span"]["request_id"], serde_json::json!(rid), "{line}");
+    for secret in [
+        token.as_str(),
+        &w.project("marketing-prod").rest_key,
+        &w.hmac_key,
+    ] {
+        assert!(!logs.contains(secret));
+    }
+}

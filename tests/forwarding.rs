@@ -262,3 +262,45 @@ async fn a_dry_run_grant_is_checked_and_audited_but_never_forwarded() {
     assert_eq!(w.batch().count(), 1);
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_trace_context_is_propagated_or_started() {
+    let w = World::new().await;
+    let gw = w.start().await;
+    let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let headers = h(&[
+        ("Authorization", &format!("Bearer {}", w.token("growth"))),
+        ("traceparent", tp),
+        ("tracestate", "vendor=1"),
+    ]);
+    assert_eq!(
+        gw.request("POST", DELETE, &headers, &delete_body(&campaign_id()))
+            .await
+            .status,
+        204
+    );
+    let bad = h(&[
+        ("Authorization", &format!("Bearer {}", w.token("growth"))),
+        ("traceparent", "not-a-trace"),
+        ("tracestate", "vendor=1"),
+    ]);
+    assert_eq!(
+        gw.request("POST", DELETE, &bad, &delete_body(&campaign_id()))
+            .await
+            .status,
+        204
+    );
+    let seen = w.batch().seen();
+    assert_eq!(seen[0].all("traceparent"), vec![tp.to_string()]);
+    assert_eq!(seen[0].all("tracestate"), vec!["vendor=1".to_string()]);
+    let started = &seen[1].all("traceparent")[0];
+    assert!(
+        batch_gateway::forward::valid_traceparent(started.as_bytes()),
+        "{started}"
+    );
+    assert!(
+        seen[1].all("tracestate").is_empty(),
+        "another trace's state must not travel"
+    );
+    gw.stop().await;
+}
