@@ -21,6 +21,11 @@ fn every_example_config_validates() {
         }
     }
     assert!(seen >= 2, "expected dev.toml and production.toml");
+    // The Helm chart's default gateway config.
+    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("helm/batch-gateway/files/gateway.toml");
+    if let Err(e) = Config::load(&chart) {
+        panic!("{}: {:?}", chart.display(), e.0);
+    }
 }
 
 #[tokio::test]

@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""Chart checks for CI: lint every ci/*-values.yaml scenario with real Helm
+(the helm-sdkpy package bundles Helm's library), validate each scenario's
+gateway config with `batch-gateway check-config --skip-files`, require a
+`# --` comment on every value, and keep README.md's values table in step.
+
+    python3 helm/check_chart.py --binary target/debug/batch-gateway [--write-readme]
+"""
+import argparse
+import asyncio
+import copy
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import yaml
+import helm_sdkpy
+
+CHART = os.path.join(os.path.dirname(os.path.abspath(__file__)), "batch-gateway")
+BEGIN, END = "<!-- values:begin -->", "<!-- values:end -->"
+
+
+def merge(base, over):
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def documented_values(text):
+    """(dotted key, description) for every leaf value, from `# --` comments."""
+    rows, stack, pending = [], [], None
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        m = re.match(r"^(\s*)# -- ?(.*)$", line)
+        if m:
+            pending = m.group(2)
+            continue
+        c = re.match(r"^(\s*)#\s?(.*)$", line)
+        if c:
+            if pending is not None:
+                pending += " " + c.group(2)
+            continue
+        k = re.match(r"^(\s*)([A-Za-z0-9_]+):\s*(.*)$", line)
+        if not k:
+            continue
+        indent, key, rest = len(k.group(1)), k.group(2), k.group(3)
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        path = ".".join([s[1] for s in stack] + [key])
+        covered = any(s[2] for s in stack)  # an ancestor's comment covers it
+        documented = pending is not None
+        if not covered:
+            if rest == "":
+                # A map or list: its own comment covers its children.
+                if documented:
+                    rows.append((path, pending.strip()))
+            else:
+                rows.append((path, pending.strip() if documented else None))
+        if rest == "":
+            stack.append((indent, key, documented or covered))
+        pending = None
+    return rows
+
+
+def readme_table(rows):
+    lines = ["| value | what it does |", "|---|---|"]
+    lines += [f"| `{k}` | {d} |" for k, d in rows]
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--binary", required=True)
+    ap.add_argument("--write-readme", action="store_true")
+    args = ap.parse_args()
+    failed = passed = 0
+
+    with open(os.path.join(CHART, "values.yaml")) as f:
+        values_text = f.read()
+    rows = documented_values(values_text)
+    for key, desc in rows:
+        if desc is None:
+            print(f"FAIL values.yaml: {key} has no '# --' comment")
+            failed += 1
+
+    readme_path = os.path.join(CHART, "README.md")
+    with open(readme_path) as f:
+        readme = f.read()
+    table = readme_table([(k, d) for k, d in rows if d is not None])
+    wanted = re.sub(re.escape(BEGIN) + r".*" + re.escape(END), f"{BEGIN}\n{table}\n{END}", readme, flags=re.S)
+    if wanted != readme:
+        if args.write_readme:
+            with open(readme_path, "w") as f:
+                f.write(wanted)
+            print("README.md values table rewritten")
+        else:
+            print("FAIL README.md: the values table is out of step with values.yaml (run with --write-readme)")
+            failed += 1
+
+    defaults = yaml.safe_load(values_text)
+    scenarios = sorted(f for f in os.listdir(os.path.join(CHART, "ci")) if f.endswith("-values.yaml"))
+    config = helm_sdkpy.Configuration()
+    for scenario in scenarios:
+        with open(os.path.join(CHART, "ci", scenario)) as f:
+            over = yaml.safe_load(f) or {}
+        merged = merge(defaults, over)
+        with tempfile.TemporaryDirectory() as tmp:
+            chart = os.path.join(tmp, "batch-gateway")
+            shutil.copytree(CHART, chart)
+            with open(os.path.join(chart, "values.yaml"), "w") as f:
+                yaml.safe_dump(merged, f)
+            result = asyncio.run(helm_sdkpy.Lint(config).run(chart))
+            errors = [m for m in result.get("Messages") or [] if m.get("Severity", 0) >= 3]
+            if result.get("Errors") or errors:
+                # helm-sdkpy prints error details as {}: name where it failed.
+                where = ", ".join(m.get("Path", "?") for m in errors) or "?"
+                print(f"FAIL helm lint {scenario}: errors in {where}")
+                failed += 1
+            else:
+                print(f"PASS helm lint {scenario}")
+                passed += 1
+            toml_text = merged.get("config") or open(os.path.join(CHART, "files", "gateway.toml")).read()
+            cfg = os.path.join(tmp, "gateway.toml")
+            with open(cfg, "w") as f:
+                f.write(toml_text)
+            r = subprocess.run([args.binary, "check-config", "--config", cfg, "--skip-files"],
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                print(f"FAIL check-config {scenario}: {r.stdout}{r.stderr}")
+                failed += 1
+            else:
+                print(f"PASS check-config {scenario}")
+                passed += 1
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
