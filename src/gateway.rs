@@ -346,7 +346,12 @@ async fn pipeline(
     attempt.reason = Some("ok".into());
     attempt.secret_source = Some(freshness.as_str().into());
     attempt.secret_version = secret.version;
-    if app.audit.append(attempt, true).await.is_err() {
+    let writing = Instant::now();
+    let written = app.audit.append(attempt, true).await;
+    app.metrics
+        .audit_write_duration
+        .observe(writing.elapsed().as_secs_f64());
+    if written.is_err() {
         app.metrics.audit_failures.inc();
         trace.caller = None; // no record: metrics only
         return Ok(rescue(

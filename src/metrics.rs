@@ -48,6 +48,7 @@ pub struct Metrics {
     pub upstream_duration: Histogram,
     pub connection_errors: Family<KindLabels, Counter>,
     pub audit_failures: Counter,
+    pub audit_write_duration: Histogram,
     pub secret_failures: Family<KindLabels, Counter>,
     pub in_flight: Gauge,
     pub replay_rejections: Family<KindLabels, Counter>,
@@ -96,6 +97,12 @@ impl Metrics {
             "audit_failures",
             "Audit records that could not be written",
             audit_failures.clone(),
+        );
+        let audit_write_duration = Histogram::new(buckets());
+        registry.register(
+            "audit_write_duration_seconds",
+            "Time for an attempt record to be durable (queue, write, fsync)",
+            audit_write_duration.clone(),
         );
         let secret_failures = Family::<KindLabels, Counter>::default();
         registry.register(
@@ -164,6 +171,7 @@ impl Metrics {
             upstream_duration,
             connection_errors,
             audit_failures,
+            audit_write_duration,
             secret_failures,
             in_flight,
             replay_rejections,

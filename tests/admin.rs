@@ -43,6 +43,7 @@ async fn health_readiness_and_metrics_answer_without_credentials() {
         "batch_gateway_requests_total{action=\"campaigns.delete\",decision=\"deny\",reason=\"forbidden\",status_class=\"4xx\"} 1",
         "batch_gateway_upstream_duration_seconds_count 1",
         "batch_gateway_request_duration_seconds_count 3",
+        "batch_gateway_audit_write_duration_seconds_count 1",
     ] {
         assert!(text.contains(line), "missing {line}\n{text}");
     }
