@@ -12,12 +12,14 @@ pub mod jwks;
 pub mod keys;
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use serde_json::Value;
+use sha2::Digest;
 
 use crate::config::AuthConfig;
 use crate::json::{Members, parse_object};
@@ -114,12 +116,56 @@ pub enum AuthnBuildError {
     Ca(#[from] crate::forward::CaError),
 }
 
+/// A token that verified, remembered until it expires.
+#[derive(Clone)]
+struct Verified {
+    principal: Arc<Principal>,
+    issuer: usize,
+    /// The issuer's key-set generation when it verified.
+    generation: u64,
+    leeway_s: i64,
+}
+
+struct UntilExpiry;
+
+impl moka::Expiry<[u8; 32], Verified> for UntilExpiry {
+    fn expire_after_create(
+        &self,
+        _: &[u8; 32],
+        v: &Verified,
+        _: std::time::Instant,
+    ) -> Option<std::time::Duration> {
+        let left = v
+            .principal
+            .exp
+            .saturating_add(v.leeway_s)
+            .saturating_sub(now_s())
+            .max(0);
+        Some(std::time::Duration::from_secs(
+            u64::try_from(left).unwrap_or(0),
+        ))
+    }
+}
+
+/// Verified tokens remembered at most (bounded memory).
+const VERIFIED_CACHE_SIZE: u64 = 100_000;
+
 /// Verifies caller tokens against the configured issuers.
+///
+/// A token that verified is remembered (keyed by its SHA-256) until its
+/// `exp` plus leeway, so a reused bearer token costs a hash instead of a
+/// signature check. A remembered token is verified again from scratch when
+/// its issuer's key set changed or is no longer usable; a reload builds a
+/// new authenticator with an empty memory. Binding, replay and policy checks
+/// run on every request regardless.
 pub struct Authenticator {
     issuers: Vec<Issuer>,
     leeway_s: i64,
     max_lifetime_s: i64,
     team_claim: String,
+    verified: moka::sync::Cache<[u8; 32], Verified>,
+    /// Full verifications performed (signature checks), for tests and benches.
+    pub full_verifications: std::sync::atomic::AtomicU64,
 }
 
 impl Authenticator {
@@ -163,6 +209,11 @@ impl Authenticator {
             leeway_s: i64::try_from(auth.leeway_s).unwrap_or(i64::MAX),
             max_lifetime_s: i64::try_from(auth.max_token_lifetime_s).unwrap_or(i64::MAX),
             team_claim: auth.team_claim.clone(),
+            verified: moka::sync::Cache::builder()
+                .max_capacity(VERIFIED_CACHE_SIZE)
+                .expire_after(UntilExpiry)
+                .build(),
+            full_verifications: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -222,6 +273,61 @@ impl Authenticator {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::invalid("too_large"));
         }
+        let key: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        if let Some(hit) = self.verified.get(&key)
+            && self.still_good(&hit, now)
+        {
+            return Ok((*hit.principal).clone());
+        }
+        let principal = self.verify_fully(token, now).await?;
+        if let Some((issuer, generation)) = self.issuer_generation(&principal.iss) {
+            self.verified.insert(
+                key,
+                Verified {
+                    principal: Arc::new(principal.clone()),
+                    issuer,
+                    generation,
+                    leeway_s: self.leeway_s,
+                },
+            );
+        }
+        Ok(principal)
+    }
+
+    fn issuer_generation(&self, iss: &str) -> Option<(usize, u64)> {
+        let (i, issuer) = self
+            .issuers
+            .iter()
+            .enumerate()
+            .find(|(_, i)| i.name == iss)?;
+        let generation = issuer.jwks.as_ref().map_or(0, |j| {
+            j.generation.load(std::sync::atomic::Ordering::SeqCst)
+        });
+        Some((i, generation))
+    }
+
+    /// A remembered token counts while it has not expired and its issuer's
+    /// keys are the ones it was verified with, and still usable.
+    fn still_good(&self, v: &Verified, now: i64) -> bool {
+        if v.principal.exp.saturating_add(self.leeway_s) < now {
+            return false;
+        }
+        let Some(issuer) = self.issuers.get(v.issuer) else {
+            return false;
+        };
+        match &issuer.jwks {
+            None => true,
+            Some(j) => {
+                j.generation.load(std::sync::atomic::Ordering::SeqCst) == v.generation
+                    && j.state() != jwks::SetState::Unavailable
+            }
+        }
+    }
+
+    /// Verifies one token from scratch.
+    async fn verify_fully(&self, token: &str, now: i64) -> Result<Principal, AuthError> {
+        self.full_verifications
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let parts: Vec<&str> = token.split('.').collect();
         if parts.len() != 3 {
             return Err(AuthError::invalid("malformed"));

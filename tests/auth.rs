@@ -264,3 +264,31 @@ async fn missing_or_non_bearer_credentials_get_a_plain_challenge() {
     assert_eq!(w.batch().count(), 0);
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_reused_token_is_verified_once_until_it_expires() {
+    let w = World::without_batch();
+    let a = authenticator(&w, &w.ed, &[Algorithm::EdDSA]);
+    let full = || {
+        a.full_verifications
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let tok = w.ed.sign(&claims(ISS, "growth"));
+    let first = a.verify(&tok, now()).await.unwrap();
+    let second = a.verify(&tok, now()).await.unwrap();
+    assert_eq!(first, second);
+    assert_eq!(full(), 1, "the second use cost a signature check");
+    // A changed token is a different key: verified (and refused) in full.
+    let mut bad = tok.clone().into_bytes();
+    let last = bad.len() - 1;
+    bad[last] = if bad[last] == b'A' { b'B' } else { b'A' };
+    assert!(
+        a.verify(std::str::from_utf8(&bad).unwrap(), now())
+            .await
+            .is_err()
+    );
+    assert_eq!(full(), 2);
+    // Past its exp (+ leeway) a remembered token is refused like any other.
+    let e = a.verify(&tok, now() + 3600).await.unwrap_err();
+    assert_eq!((e.kind, e.detail), (AuthFailure::Expired, "expired"));
+}

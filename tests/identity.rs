@@ -489,3 +489,37 @@ async fn rfc8725_explicit_typing_when_the_issuer_sets_typ() {
     }
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_remembered_token_is_verified_again_when_the_key_set_changes_or_goes_stale() {
+    let w = World::new().await;
+    let idp = idp(&w).await;
+    let key = SigningKey::generate(Algorithm::EdDSA);
+    let other = SigningKey::generate(Algorithm::EdDSA);
+    serve_keys(&idp, &[jwk(&key, "k1")]);
+    let gw = w.start_with(use_jwks(&idp, 1, 2)).await;
+    let full = || {
+        gw.app
+            .state()
+            .authn
+            .full_verifications
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let tok = sign_kid(&key, "k1", &claims(ISS, "growth"));
+    let body = delete_body(&campaign_id());
+    assert_eq!(gw.delete(&tok, None, &body).await.status, 204);
+    assert_eq!(gw.delete(&tok, None, &body).await.status, 204);
+    assert_eq!(full(), 1);
+    // The IdP publishes a changed set: the remembered token is checked again.
+    serve_keys(&idp, &[jwk(&key, "k1"), jwk(&other, "k2")]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(gw.delete(&tok, None, &body).await.status, 204);
+    assert_eq!(full(), 2);
+    // The IdP goes away past the stale bound: the remembered token fails closed.
+    idp.force(503, &[], b"down");
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    gw.delete(&tok, None, &body)
+        .await
+        .assert_gateway_error(401, "token_invalid", "10");
+    gw.stop().await;
+}

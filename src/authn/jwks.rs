@@ -90,6 +90,10 @@ pub struct Jwks {
     fetch_lock: tokio::sync::Mutex<()>,
     /// Fetches attempted (a metric; the flood test counts it).
     pub fetches: AtomicU64,
+    /// Bumped whenever a fetch brings a different key set: verified-token
+    /// cache entries from before no longer count.
+    pub generation: AtomicU64,
+    last_body: std::sync::Mutex<Vec<u8>>,
 }
 
 impl Jwks {
@@ -103,6 +107,8 @@ impl Jwks {
             state: RwLock::new(State::default()),
             fetch_lock: tokio::sync::Mutex::new(()),
             fetches: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
+            last_body: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -173,6 +179,12 @@ impl Jwks {
         let keys = parse_set(&body, &self.pinned)?;
         if keys.is_empty() {
             return Err(FetchError::NoUsableKey);
+        }
+        if let Ok(mut last) = self.last_body.lock()
+            && *last != body.as_ref()
+        {
+            *last = body.to_vec();
+            self.generation.fetch_add(1, Ordering::SeqCst);
         }
         Ok(keys)
     }
