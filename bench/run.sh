@@ -1,0 +1,252 @@
+#!/usr/bin/env bash
+# Load benchmark, side by side in ONE run, interleaved and repeated:
+#   (a) direct    — wrk -> nginx stub over TLS answering 204
+#   (b) nginx     — wrk -> nginx reverse proxy (injects Authorization and
+#                   X-Batch-Project) -> the stub over TLS, keep-alive
+#   (c) gateway   — wrk -> batch-gateway (EdDSA tokens, file secrets, audit
+#                   on a real file with fsync) -> the stub over TLS
+# Closed loop: wrk -t2 -c32. Open loop: oha at fixed rates (latency
+# corrected), when oha is installed. Proxies are pinned to CPU 0, the load
+# generator and the stub to CPU 1. Every answer is checked: non-2xx counted.
+#
+#   bench/run.sh [--reps 3] [--secs 10]
+#
+# Installs nginx and wrk from Debian when missing; oha from crates.io when
+# missing (cargo install; optional: --no-oha skips the open loop). Stops
+# everything it started, by PID. Loopback only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPS=3 SECS=10 OHA=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --reps) REPS=$2; shift 2;;
+    --secs) SECS=$2; shift 2;;
+    --no-oha) OHA=0; shift;;
+    *) echo "unknown argument $1" >&2; exit 2;;
+  esac
+done
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need nginx || ! need wrk; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk >/dev/null
+fi
+OHA_BIN=$(command -v oha || true)
+if [ "$OHA" = 1 ] && [ -z "$OHA_BIN" ]; then
+  cargo install oha --locked --root "$PWD/target/bench-tools" >/dev/null 2>&1 && OHA_BIN="$PWD/target/bench-tools/bin/oha" || OHA_BIN=""
+fi
+cargo build --release --locked --quiet
+GW="$PWD/target/release/batch-gateway"
+
+W=$(mktemp -d /tmp/bgw-bench.XXXXXX)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+STUB=$(port); NGX=$(port); GWP=$(port); GWA=$(port)
+
+# --- TLS for the stub ------------------------------------------------------
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+  -subj "/CN=bench CA" -keyout "$W/ca.key" -out "$W/ca.pem" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=127.0.0.1" \
+  -keyout "$W/stub.key" -out "$W/stub.csr" 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1\n' > "$W/san.ext"
+openssl x509 -req -in "$W/stub.csr" -CA "$W/ca.pem" -CAkey "$W/ca.key" -CAcreateserial \
+  -days 2 -extfile "$W/san.ext" -out "$W/stub.pem" 2>/dev/null
+
+REST_KEY="rk_bench_$(openssl rand -hex 16)"
+PROJECT_KEY="project_0123456789abcdefghijklmnopqrstuv"
+
+nginx_conf() { # name body
+  mkdir -p "$W/$1"
+  cat > "$W/$1/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $W/$1/nginx.pid;
+error_log $W/$1/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $W/$1/body;
+  proxy_temp_path $W/$1/proxy;
+  fastcgi_temp_path $W/$1/fastcgi;
+  uwsgi_temp_path $W/$1/uwsgi;
+  scgi_temp_path $W/$1/scgi;
+  $2
+}
+CONF
+}
+nginx_conf stub "server {
+    listen 127.0.0.1:$STUB ssl;
+    ssl_certificate $W/stub.pem;
+    ssl_certificate_key $W/stub.key;
+    keepalive_requests 1000000;
+    location = /2.8/campaigns/delete { return 204; }
+  }"
+nginx_conf proxy "upstream stub { server 127.0.0.1:$STUB; keepalive 64; }
+  server {
+    listen 127.0.0.1:$NGX;
+    keepalive_requests 1000000;
+    location / {
+      proxy_pass https://stub;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+      proxy_set_header Authorization \"Bearer $REST_KEY\";
+      proxy_set_header X-Batch-Project \"$PROJECT_KEY\";
+      proxy_ssl_trusted_certificate $W/ca.pem;
+      proxy_ssl_verify on;
+      proxy_ssl_name 127.0.0.1;
+      proxy_ssl_session_reuse on;
+    }
+  }"
+
+# --- the gateway -------------------------------------------------------------
+openssl genpkey -algorithm ed25519 -out "$W/idp.key" 2>/dev/null
+openssl pkey -in "$W/idp.key" -pubout -out "$W/idp.pub.pem" 2>/dev/null
+openssl rand -hex 32 | tr -d '\n' > "$W/hmac.key"
+printf '["batch/bench"]\nrest_key = "%s"\nproject_key = "%s"\n' "$REST_KEY" "$PROJECT_KEY" > "$W/secrets.toml"
+cat > "$W/gateway.toml" <<CONF
+[server]
+listen = "127.0.0.1:$GWP"
+admin_listen = "127.0.0.1:$GWA"
+max_concurrent_requests = 4096
+[upstream]
+base_url = "https://127.0.0.1:$STUB"
+ca_file = "ca.pem"
+[auth]
+audiences = ["batch-gateway"]
+max_token_lifetime_s = 3600
+[[auth.issuers]]
+issuer = "https://idp.bench"
+algorithms = ["EdDSA"]
+public_keys = ["idp.pub.pem"]
+[secrets]
+file = "secrets.toml"
+[log]
+level = "warn"
+[audit]
+file = "audit/audit.jsonl"
+hmac_key_file = "hmac.key"
+rotate_bytes = 1073741824
+[[projects]]
+alias = "bench"
+secret_path = "batch/bench"
+[[teams]]
+name = "bench"
+[[teams.grants]]
+project = "bench"
+actions = ["campaigns.delete"]
+CONF
+TOKEN=$("$GW" token mint --key "$W/idp.key" --iss https://idp.bench --sub bench --team bench --ttl-s 3500)
+
+taskset -c 1 nginx -c "$W/stub/nginx.conf" & PIDS+=($!)
+taskset -c 0 nginx -c "$W/proxy/nginx.conf" & PIDS+=($!)
+taskset -c 0 "$GW" serve --config "$W/gateway.toml" 2>"$W/gateway.log" & GW_PID=$!; PIDS+=($GW_PID)
+for p in $STUB $NGX $GWP; do
+  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
+done
+NGX_WORKER=$(pgrep -P "$(cat "$W/proxy/nginx.pid")" | head -1)
+
+BODY='{"id":"orchestration_0664hyh918hr1gnzka9py5t62nrc0e1f"}'
+cat > "$W/post.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '$BODY'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $TOKEN"
+LUA
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+HZ=$(getconf CLK_TCK)
+
+# target name -> URL, the proxy PID to account CPU to (none for direct)
+declare -A URL=( [direct]="https://127.0.0.1:$STUB/2.8/campaigns/delete"
+                 [nginx]="http://127.0.0.1:$NGX/2.8/campaigns/delete"
+                 [gateway]="http://127.0.0.1:$GWP/2.8/campaigns/delete" )
+declare -A PID=( [direct]="" [nginx]="$NGX_WORKER" [gateway]="$GW_PID" )
+
+RESULTS="$W/results.tsv"
+: > "$RESULTS"
+closed() { # target rep
+  local t=$1 pid=${PID[$1]} before=0 after=0
+  [ -n "$pid" ] && before=$(cpu_ticks "$pid")
+  local prof=""
+  if [ "${PROFILE:-0}" = 1 ] && [ "$t" = gateway ] && [ "$2" = "$REPS" ]; then
+    # Software clock sampling (hardware counters may be unavailable here).
+    perf record -q -F 499 -e cpu-clock -g -p "$pid" -o "$W/perf.data" -- sleep "$SECS" >/dev/null 2>&1 &
+    prof=$!
+  fi
+  local out; out=$(taskset -c 1 wrk -t2 -c32 -d"${SECS}s" --latency -s "$W/post.lua" "${URL[$t]}")
+  [ -n "$prof" ] && wait "$prof" || true
+  [ -n "$pid" ] && after=$(cpu_ticks "$pid")
+  local reqs rps p50 p99 non2xx
+  reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  p50=$(echo "$out" | awk '$1=="50%" {print $2}')
+  p99=$(echo "$out" | awk '$1=="99%" {print $2}')
+  non2xx=$(echo "$out" | awk '/Non-2xx/ {print $5}'); non2xx=${non2xx:-0}
+  local cpu_us="-"
+  [ -n "$pid" ] && cpu_us=$(python3 -c "print(round(($after-$before)/$HZ*1e6/max($reqs,1),1))")
+  printf 'closed\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$2" "$rps" "$p50" "$p99" "$cpu_us" "$non2xx" >> "$RESULTS"
+}
+opened() { # target rate rep
+  [ -n "$OHA_BIN" ] || return 0
+  local out; out=$(taskset -c 1 "$OHA_BIN" --no-tui -z "${SECS}s" -q "$2" --latency-correction -c 32 \
+      -m POST -H "Content-Type: application/json" -H "Authorization: Bearer $TOKEN" -d "$BODY" \
+      --insecure --output-format json "${URL[$1]}")
+  echo "$out" | python3 -c "
+import json,sys
+d=json.load(sys.stdin); p=d['latencyPercentiles']; codes=d.get('statusCodeDistribution',{})
+bad=sum(v for k,v in codes.items() if not k.startswith('2'))+sum(d.get('errorDistribution',{}).values())
+print('\t'.join(['open@$2','$1','$3',str(round(d['summary']['requestsPerSec'])),str(round(p['p50']*1e3,3))+'ms',str(round(p['p99']*1e3,3))+'ms',str(round(p['p99.9']*1e3,3))+'ms',str(bad)]))" >> "$RESULTS"
+}
+
+echo "# pinning: proxies (nginx worker, gateway) on CPU 0; wrk/oha and the stub on CPU 1"
+echo "# $REPS reps x ${SECS}s, interleaved: direct, nginx, gateway"
+for rep in $(seq "$REPS"); do
+  for t in direct nginx gateway; do closed "$t" "$rep"; done
+  for rate in 1000 5000; do for t in direct nginx gateway; do opened "$t" "$rate" "$rep"; done; done
+done
+RSS_KB=$(awk '/VmHWM/ {print $2}' "/proc/$GW_PID/status")
+NGX_RSS_KB=$(awk '/VmHWM/ {print $2}' "/proc/$NGX_WORKER/status")
+
+python3 - "$RESULTS" "$RSS_KB" "$NGX_RSS_KB" <<'PY'
+import statistics, sys
+rows=[l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+def ms(v):
+    v=v.strip()
+    for unit,f in (("us",1e-3),("ms",1),("s",1e3)):
+        if v.endswith(unit): return float(v[:-len(unit)])*f
+    return float(v)
+print("\nclosed loop (wrk -t2 -c32): median [min-max] of the reps")
+print(f"{'target':8} {'req/s':>24} {'p50 ms':>8} {'p99 ms':>8} {'proxy CPU us/req':>17} {'non-2xx':>8}")
+med={}
+for t in ("direct","nginx","gateway"):
+    r=[x for x in rows if x[0]=="closed" and x[1]==t]
+    if not r: continue
+    rps=[float(x[3]) for x in r]; cpu=[float(x[6]) for x in r if x[6]!="-"]
+    med[t]=statistics.median(rps)
+    print(f"{t:8} {statistics.median(rps):>10.0f} [{min(rps):.0f}-{max(rps):.0f}] "
+          f"{statistics.median([ms(x[4]) for x in r]):>8.3f} {statistics.median([ms(x[5]) for x in r]):>8.3f} "
+          f"{(statistics.median(cpu) if cpu else float('nan')):>17.1f} {sum(int(x[7]) for x in r):>8}")
+if "gateway" in med and "nginx" in med:
+    print(f"ratio gateway/nginx: {med['gateway']/med['nginx']:.2f}   gateway/direct: {med['gateway']/med['direct']:.2f}")
+op=[x for x in rows if x[0].startswith("open@")]
+if op:
+    print("\nopen loop (oha, latency-corrected): median of the reps")
+    print(f"{'rate':6} {'target':8} {'req/s':>8} {'p50':>10} {'p99':>10} {'p99.9':>10} {'non-2xx':>8}")
+    for rate in ("1000","5000"):
+        for t in ("direct","nginx","gateway"):
+            r=[x for x in op if x[0]==f"open@{rate}" and x[1]==t]
+            if not r: continue
+            m=lambda i: statistics.median([ms(x[i]) for x in r])
+            print(f"{rate:6} {t:8} {statistics.median([float(x[3]) for x in r]):>8.0f} {m(4):>8.3f}ms {m(5):>8.3f}ms {m(6):>8.3f}ms {sum(int(x[7]) for x in r):>8}")
+print(f"\npeak RSS: gateway {int(sys.argv[2])/1024:.1f} MiB, nginx worker {int(sys.argv[3])/1024:.1f} MiB")
+PY
+if [ -f "$W/perf.data" ]; then
+  echo; echo "profile of the gateway (last closed-loop rep), top symbols by self time:"
+  perf report -i "$W/perf.data" --stdio --no-children --sort symbol 2>/dev/null \
+    | grep -E '^ +[0-9.]+%' | head -25
+fi
+AUDIT_LINES=$(wc -l < "$W/audit/audit.jsonl")
+echo "audit records written: $AUDIT_LINES (fsynced attempts, grouped)"
+"$GW" audit verify "$W/audit/audit.jsonl" | head -1
