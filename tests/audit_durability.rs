@@ -359,15 +359,7 @@ async fn after_kill_9_under_load_every_forwarded_request_has_its_attempt_and_the
         load.push(tokio::spawn(async move {
             for _ in 0..200 {
                 let raw = delete_request(&token, "", &delete_body(&campaign_id()));
-                let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
-                    return;
-                };
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                if s.write_all(&raw).await.is_err() {
-                    return;
-                }
-                let mut buf = Vec::new();
-                if s.read_to_end(&mut buf).await.is_err() || buf.is_empty() {
+                if try_exchange(addr, &raw).await.is_none() {
                     return;
                 }
             }

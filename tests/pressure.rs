@@ -239,16 +239,7 @@ fn load(
                 let t = Instant::now();
                 while t.elapsed() < Duration::from_secs(secs) {
                     let raw = delete_request(&token, "", &delete_body(&campaign_id()));
-                    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
-                        break;
-                    };
-                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                    if s.write_all(&raw).await.is_err() {
-                        break;
-                    }
-                    let mut buf = Vec::new();
-                    let _ = s.read_to_end(&mut buf).await;
-                    match parse_response(&buf) {
+                    match try_exchange(addr, &raw).await {
                         Some(r) if r.status == 204 => ok += 1,
                         Some(r) => bad.push(r.status),
                         None => break,

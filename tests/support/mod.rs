@@ -202,6 +202,25 @@ pub fn delete_body(id: &str) -> Vec<u8> {
     format!("{{\"id\":\"{id}\"}}").into_bytes()
 }
 
+/// A TLS acceptor for a fake server (HTTP/1.1) from PEM certificate and key.
+pub fn tls_acceptor(cert_pem: &str, key_pem: &str) -> tokio_rustls::TlsAcceptor {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+}
+
 // ---------------------------------------------------------------------------
 // The Batch fake
 // ---------------------------------------------------------------------------
@@ -298,22 +317,7 @@ fn batch_answer(st: &BatchState, seen: &Seen) -> Answer {
 
 impl FakeBatch {
     pub async fn start(cert_pem: &str, key_pem: &str, keys: HashMap<String, String>) -> FakeBatch {
-        use rustls_pki_types::pem::PemObject;
-        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-        let certs: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-                .collect::<Result<_, _>>()
-                .unwrap();
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .unwrap();
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let acceptor = tls_acceptor(cert_pem, key_pem);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(BatchState {
@@ -813,6 +817,16 @@ pub async fn delete_at(addr: SocketAddr, token: &str) -> Resp {
         &delete_request(token, "", &delete_body(&campaign_id())),
     )
     .await
+}
+
+/// Like [`raw_exchange`] for load that may meet a closed or killed
+/// gateway: `None` when the connection, the write or the answer fails.
+pub async fn try_exchange(addr: SocketAddr, bytes: &[u8]) -> Option<Resp> {
+    let mut s = TcpStream::connect(addr).await.ok()?;
+    s.write_all(bytes).await.ok()?;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut buf)).await;
+    parse_response(&buf)
 }
 
 /// A port that was free a moment ago (for the real binary's fixed config).
