@@ -55,13 +55,23 @@ impl Tracker {
 
     /// Consumes `data`, appending what may be passed on to `out`.
     pub fn feed(&mut self, data: &[u8], out: &mut BytesMut) {
-        let mut owned = data.to_vec();
+        // Bodies pass through without an intermediate copy; only bytes that
+        // followed a completed head (held in the head buffer) are owned.
+        let mut next = self.feed_slice(data, out);
+        while let Some(rest) = next {
+            next = self.feed_slice(&rest, out);
+        }
+    }
+
+    /// Consumes `owned`; returns bytes still to process when a head ended
+    /// inside it.
+    fn feed_slice(&mut self, owned: &[u8], out: &mut BytesMut) -> Option<Vec<u8>> {
         let mut i = 0;
         while i < owned.len() {
             match self.state {
                 State::Off => {
                     out.extend_from_slice(&owned[i..]);
-                    return;
+                    return None;
                 }
                 State::Head => {
                     if self.buf.is_empty() && (owned[i] == b'\r' || owned[i] == b'\n') {
@@ -77,15 +87,14 @@ impl Tracker {
                         let mut head = std::mem::take(&mut self.buf);
                         self.state = inspect(&mut head);
                         out.extend_from_slice(&head);
-                        owned = rest;
-                        i = 0;
+                        return (!rest.is_empty()).then_some(rest);
                     } else if self.buf.len() > self.max_head {
                         out.extend_from_slice(&std::mem::take(&mut self.buf));
                         self.state = State::Off;
                     }
                 }
                 State::Fixed(n) => {
-                    let left = pass_through(&owned, &mut i, n, out);
+                    let left = pass_through(owned, &mut i, n, out);
                     self.state = if left == 0 {
                         State::Head
                     } else {
@@ -93,7 +102,7 @@ impl Tracker {
                     };
                 }
                 State::ChunkData(n) => {
-                    let left = pass_through(&owned, &mut i, n, out);
+                    let left = pass_through(owned, &mut i, n, out);
                     self.state = if left == 0 {
                         State::ChunkEnd
                     } else {
@@ -124,6 +133,7 @@ impl Tracker {
                 }
             }
         }
+        None
     }
 
     /// At end of stream: what is held goes on (hyper reports it incomplete).
