@@ -214,23 +214,14 @@ async fn a_full_disk_refuses_everything_and_recovery_keeps_the_chain() {
     let w = World::new().await;
     std::fs::create_dir_all(w.path("audit")).unwrap();
     let gw = w.start().await;
-    assert_eq!(
-        gw.delete(&w.token("growth"), None, &delete_body(&campaign_id()))
-            .await
-            .status,
-        204
-    );
+    assert_eq!(gw.delete_new(&w.token("growth"), None).await.status, 204);
     // The disk fills: the live file now points at /dev/full (ENOSPC on write).
     let saved = std::fs::read(w.audit_path()).unwrap();
     std::fs::remove_file(w.audit_path()).unwrap();
     std::os::unix::fs::symlink("/dev/full", w.audit_path()).unwrap();
-    let r = gw
-        .delete(&w.token("growth"), None, &delete_body(&campaign_id()))
-        .await;
+    let r = gw.delete_new(&w.token("growth"), None).await;
     r.assert_gateway_error(503, "audit_unavailable", "2");
-    let r = gw
-        .delete(&w.token("growth"), None, &delete_body(&campaign_id()))
-        .await;
+    let r = gw.delete_new(&w.token("growth"), None).await;
     r.assert_gateway_error(503, "audit_unavailable", "2");
     assert_eq!(
         w.batch().count(),
@@ -238,17 +229,12 @@ async fn a_full_disk_refuses_everything_and_recovery_keeps_the_chain() {
         "nothing forwarded while the audit cannot be written"
     );
     assert_eq!(gw.admin_get("/readyz").await.status, 503);
-    let m = String::from_utf8(gw.admin_get("/metrics").await.body).unwrap();
+    let m = gw.metrics().await;
     assert!(!m.contains("batch_gateway_audit_failures_total 0"), "{m}");
     // Space comes back.
     std::fs::remove_file(w.audit_path()).unwrap();
     std::fs::write(w.audit_path(), &saved).unwrap();
-    assert_eq!(
-        gw.delete(&w.token("growth"), None, &delete_body(&campaign_id()))
-            .await
-            .status,
-        204
-    );
+    assert_eq!(gw.delete_new(&w.token("growth"), None).await.status, 204);
     assert_eq!(gw.admin_get("/readyz").await.status, 200);
     gw.stop().await;
     let v = verify::verify(&[w.audit_path()], &VerifyOptions::default()).unwrap();
@@ -263,20 +249,10 @@ async fn a_full_disk_refuses_everything_and_recovery_keeps_the_chain() {
 async fn a_removed_live_file_is_noticed_and_the_chain_goes_on_in_a_new_one() {
     let w = World::new().await;
     let gw = w.start().await;
-    assert_eq!(
-        gw.delete(&w.token("growth"), None, &delete_body(&campaign_id()))
-            .await
-            .status,
-        204
-    );
+    assert_eq!(gw.delete_new(&w.token("growth"), None).await.status, 204);
     let old = std::fs::read_to_string(w.audit_path()).unwrap();
     std::fs::remove_file(w.audit_path()).unwrap();
-    assert_eq!(
-        gw.delete(&w.token("growth"), None, &delete_body(&campaign_id()))
-            .await
-            .status,
-        204
-    );
+    assert_eq!(gw.delete_new(&w.token("growth"), None).await.status, 204);
     gw.stop().await;
     let recs = w.audit_records();
     assert_eq!(recs[0]["phase"], json!("repair"));

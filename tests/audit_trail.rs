@@ -22,7 +22,7 @@ async fn records_carry_fingerprints_and_never_a_secret() {
     let w = World::new().await;
     let gw = w.start().await;
     let token = w.token("growth");
-    let r = gw.delete(&token, None, &delete_body(&campaign_id())).await;
+    let r = gw.delete_new(&token, None).await;
     assert_eq!(r.status, 204);
     let denied = gw
         .delete(&w.token("support"), Some("marketing-prod"), b"{}")
@@ -52,21 +52,11 @@ async fn the_chain_continues_across_a_restart() {
     let w = World::new().await;
     let gw = w.start().await;
     for _ in 0..2 {
-        assert_eq!(
-            gw.delete(&w.token("growth"), None, &delete_body(&campaign_id()))
-                .await
-                .status,
-            204
-        );
+        assert_eq!(gw.delete_new(&w.token("growth"), None).await.status, 204);
     }
     gw.stop().await;
     let gw = w.start().await;
-    assert_eq!(
-        gw.delete(&w.token("growth"), None, &delete_body(&campaign_id()))
-            .await
-            .status,
-        204
-    );
+    assert_eq!(gw.delete_new(&w.token("growth"), None).await.status, 204);
     gw.stop().await;
     let v = verify::verify(&[w.audit_path()], &Default::default()).unwrap();
     assert_eq!((v.records, v.first_seq, v.last_seq), (6, Some(1), Some(6)));
@@ -76,12 +66,7 @@ async fn the_chain_continues_across_a_restart() {
 async fn a_torn_last_line_is_cut_and_sealed_by_a_repair_record() {
     let w = World::new().await;
     let gw = w.start().await;
-    assert_eq!(
-        gw.delete(&w.token("growth"), None, &delete_body(&campaign_id()))
-            .await
-            .status,
-        204
-    );
+    assert_eq!(gw.delete_new(&w.token("growth"), None).await.status, 204);
     gw.stop().await;
     // A crash mid-write leaves half a record.
     let mut text = std::fs::read_to_string(w.audit_path()).unwrap();
@@ -93,12 +78,7 @@ async fn a_torn_last_line_is_cut_and_sealed_by_a_repair_record() {
     );
 
     let gw = w.start().await;
-    assert_eq!(
-        gw.delete(&w.token("growth"), None, &delete_body(&campaign_id()))
-            .await
-            .status,
-        204
-    );
+    assert_eq!(gw.delete_new(&w.token("growth"), None).await.status, 204);
     gw.stop().await;
     let recs = w.audit_records();
     assert_eq!(recs[2]["phase"], json!("repair"));
@@ -118,9 +98,7 @@ async fn an_unwritable_audit_file_refuses_everything_then_recovers_by_itself() {
     // A regular file where the audit folder should be: binds root too.
     w.write("audit", "not a folder");
     let gw = w.start().await;
-    let r = gw
-        .delete(&w.token("growth"), None, &delete_body(&campaign_id()))
-        .await;
+    let r = gw.delete_new(&w.token("growth"), None).await;
     r.assert_gateway_error(503, "audit_unavailable", "2");
     let r = gw.delete("garbage", None, b"not json").await;
     r.assert_gateway_error(503, "audit_unavailable", "2");
@@ -130,9 +108,7 @@ async fn an_unwritable_audit_file_refuses_everything_then_recovers_by_itself() {
     assert_eq!(ready.json()["checks"]["audit_file"], json!("unwritable"));
 
     std::fs::remove_file(w.path("audit")).unwrap();
-    let r = gw
-        .delete(&w.token("growth"), None, &delete_body(&campaign_id()))
-        .await;
+    let r = gw.delete_new(&w.token("growth"), None).await;
     assert_eq!(r.status, 204);
     assert_eq!(gw.admin_get("/readyz").await.status, 200);
     gw.stop().await;
@@ -145,23 +121,14 @@ async fn an_unwritable_audit_file_refuses_everything_then_recovers_by_itself() {
 async fn audit_verify_names_the_first_bad_record_and_query_filters() {
     let w = World::new().await;
     let gw = w.start().await;
-    assert_eq!(
-        gw.delete(&w.token("growth"), None, &delete_body(&campaign_id()))
-            .await
-            .status,
-        204
-    );
+    assert_eq!(gw.delete_new(&w.token("growth"), None).await.status, 204);
     gw.delete(&w.token("support"), Some("marketing-prod"), b"{}")
         .await;
     gw.delete(&w.token("ops"), None, b"{}").await;
     assert_eq!(
-        gw.delete(
-            &w.token("ops"),
-            Some("sales-prod"),
-            &delete_body(&campaign_id())
-        )
-        .await
-        .status,
+        gw.delete_new(&w.token("ops"), Some("sales-prod"))
+            .await
+            .status,
         204
     );
     gw.stop().await;

@@ -207,7 +207,7 @@ async fn an_expired_token_is_rejected_before_any_upstream_call_and_audited() {
         claims(ISS, "growth"),
         json!({"iat": n - 400, "nbf": n - 400, "exp": n - 100}),
     ));
-    let r = gw.delete(&tok, None, &delete_body(&campaign_id())).await;
+    let r = gw.delete_new(&tok, None).await;
     r.assert_gateway_error(401, "token_expired", "10");
     assert!(
         r.header("www-authenticate")

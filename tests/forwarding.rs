@@ -123,9 +123,7 @@ async fn batch_errors_pass_through_untouched_with_allowed_headers_only() {
         ],
         body,
     );
-    let r = gw
-        .delete(&w.token("growth"), None, &delete_body(&campaign_id()))
-        .await;
+    let r = gw.delete_new(&w.token("growth"), None).await;
     assert_eq!(r.status, 429);
     assert_eq!(r.body, body);
     assert_eq!(r.header("retry-after"), Some("7"));
@@ -149,9 +147,7 @@ async fn redirects_are_answered_not_followed() {
         &[("location", "https://127.0.0.1:1/2.8/campaigns/delete")],
         b"",
     );
-    let r = gw
-        .delete(&w.token("growth"), None, &delete_body(&campaign_id()))
-        .await;
+    let r = gw.delete_new(&w.token("growth"), None).await;
     assert_eq!(r.status, 307);
     assert!(r.header("location").is_none());
     assert_eq!(w.batch().count(), 1);
@@ -169,9 +165,7 @@ async fn a_rest_key_echoed_by_batch_is_redacted() {
         &[("content-type", "application/json")],
         body.as_bytes(),
     );
-    let r = gw
-        .delete(&w.token("growth"), None, &delete_body(&campaign_id()))
-        .await;
+    let r = gw.delete_new(&w.token("growth"), None).await;
     assert_eq!(r.status, 500);
     let text = String::from_utf8_lossy(&r.body);
     assert!(!text.contains(&key));
@@ -209,13 +203,7 @@ async fn base_url_path_prefix_is_kept_and_version_forwarded_as_received() {
 async fn the_alias_selects_the_project_and_its_own_key() {
     let w = World::new().await;
     let gw = w.start().await;
-    let r = gw
-        .delete(
-            &w.token("ops"),
-            Some("sales-prod"),
-            &delete_body(&campaign_id()),
-        )
-        .await;
+    let r = gw.delete_new(&w.token("ops"), Some("sales-prod")).await;
     assert_eq!(r.status, 204);
     let s = &w.batch().seen()[0];
     let p = w.project("sales-prod");
@@ -240,9 +228,7 @@ async fn a_dry_run_grant_is_checked_and_audited_but_never_forwarded() {
                 .insert("dry_run".into(), true.into());
         })
         .await;
-    let r = gw
-        .delete(&w.token("growth"), None, &delete_body(&campaign_id()))
-        .await;
+    let r = gw.delete_new(&w.token("growth"), None).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-gateway-dry-run"), Some("true"));
     assert_eq!(r.json(), json!({}));
@@ -251,13 +237,7 @@ async fn a_dry_run_grant_is_checked_and_audited_but_never_forwarded() {
     assert_eq!(recs.len(), 2);
     assert!(recs.iter().all(|r| r["dry_run"] == json!(true)));
     // Other teams' grants are live.
-    let r = gw
-        .delete(
-            &w.token("ops"),
-            Some("sales-prod"),
-            &delete_body(&campaign_id()),
-        )
-        .await;
+    let r = gw.delete_new(&w.token("ops"), Some("sales-prod")).await;
     assert_eq!(r.status, 204);
     assert_eq!(w.batch().count(), 1);
     gw.stop().await;

@@ -200,16 +200,11 @@ async fn a_spent_jti_stays_spent_across_a_restart() {
     let w = World::new().await;
     let gw = w.start_with(single_use_growth).await;
     let tok = w.token("growth");
-    assert_eq!(
-        gw.delete(&tok, None, &delete_body(&campaign_id()))
-            .await
-            .status,
-        204
-    );
+    assert_eq!(gw.delete_new(&tok, None).await.status, 204);
     gw.stop().await;
 
     let gw = w.start_with(single_use_growth).await;
-    let r = gw.delete(&tok, None, &delete_body(&campaign_id())).await;
+    let r = gw.delete_new(&tok, None).await;
     r.assert_gateway_error(401, "token_replayed", "10");
     assert_eq!(w.batch().count(), 1);
     gw.stop().await;
@@ -223,9 +218,9 @@ async fn a_jti_is_spent_only_when_the_request_is_forwarded() {
     let gw = w.start_with(single_use_growth).await;
     let tok = w.token("growth");
     // Secrets unavailable: nothing forwarded, the jti stays unspent.
-    let r = gw.delete(&tok, None, &delete_body(&campaign_id())).await;
+    let r = gw.delete_new(&tok, None).await;
     r.assert_gateway_error(503, "secrets_unavailable", "2");
-    let r = gw.delete(&tok, None, &delete_body(&campaign_id())).await;
+    let r = gw.delete_new(&tok, None).await;
     r.assert_gateway_error(503, "secrets_unavailable", "2");
     // A body error (step 4) comes before the jti is reserved at all.
     let r = gw.delete(&tok, None, b"{}").await;
@@ -243,28 +238,16 @@ async fn a_full_replay_memory_refuses_new_single_use_tokens() {
         })
         .await;
     for _ in 0..2 {
-        assert_eq!(
-            gw.delete(&w.token("growth"), None, &delete_body(&campaign_id()))
-                .await
-                .status,
-            204
-        );
+        assert_eq!(gw.delete_new(&w.token("growth"), None).await.status, 204);
     }
-    let r = gw
-        .delete(&w.token("growth"), None, &delete_body(&campaign_id()))
-        .await;
+    let r = gw.delete_new(&w.token("growth"), None).await;
     r.assert_gateway_error(503, "overloaded", "2");
     // Plain bearer tokens on plain grants are unaffected.
     let ops = w.token("ops");
     for _ in 0..2 {
-        assert_eq!(
-            gw.delete(&ops, Some("sales-prod"), &delete_body(&campaign_id()))
-                .await
-                .status,
-            204
-        );
+        assert_eq!(gw.delete_new(&ops, Some("sales-prod")).await.status, 204);
     }
-    let m = String::from_utf8(gw.admin_get("/metrics").await.body).unwrap();
+    let m = gw.metrics().await;
     assert!(
         m.contains("batch_gateway_replay_rejections_total{kind=\"replay_memory_full\"} 1"),
         "{m}"
@@ -448,7 +431,7 @@ async fn rfc8725_attacks_are_refused_before_anything_is_forwarded() {
         ),
     ];
     for (name, token, detail) in cases {
-        let r = gw.delete(&token, None, &delete_body(&campaign_id())).await;
+        let r = gw.delete_new(&token, None).await;
         assert_eq!(r.status, 401, "{name}: {r:?}");
         let rec = w.audit_records().pop().unwrap();
         assert_eq!(rec["detail"], json!(detail), "{name}");
@@ -479,11 +462,7 @@ async fn rfc8725_explicit_typing_when_the_issuer_sets_typ() {
         (r#"{"alg":"EdDSA"}"#, false),
     ] {
         let r = gw
-            .delete(
-                &sign_raw(&w.ed, header, &payload),
-                None,
-                &delete_body(&campaign_id()),
-            )
+            .delete_new(&sign_raw(&w.ed, header, &payload), None)
             .await;
         assert_eq!(r.status == 204, ok, "{header}: {r:?}");
     }

@@ -65,7 +65,7 @@ async fn an_oversized_header_section_gets_431() {
     let r = raw_exchange(gw.addr, head(&w.token("growth"), &many).as_bytes()).await;
     assert_eq!(r.status, 431, "more than max_headers (64) fields");
     assert_eq!(w.batch().count(), 0);
-    let metrics = String::from_utf8(gw.admin_get("/metrics").await.body).unwrap();
+    let metrics = gw.metrics().await;
     assert!(
         metrics.contains("batch_gateway_connection_errors_total{kind=\"header_too_large\"}"),
         "{metrics}"
@@ -168,7 +168,7 @@ async fn requests_over_max_concurrent_are_shed_at_once_with_503_overloaded() {
     };
     tokio::time::sleep(Duration::from_millis(400)).await;
     let started = Instant::now();
-    let r = gw.delete(&token, None, &delete_body(&campaign_id())).await;
+    let r = gw.delete_new(&token, None).await;
     r.assert_gateway_error(503, "overloaded", "2");
     assert!(
         started.elapsed() < Duration::from_millis(1000),

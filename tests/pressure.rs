@@ -31,9 +31,7 @@ async fn a_429_storm_reaches_batch_once_and_other_projects_keep_working() {
         &[("content-type", "application/json"), ("retry-after", "7")],
         br#"{"error_code":"60","error_message":"Too many requests"}"#,
     );
-    let r = gw
-        .delete(&w.token("growth"), None, &delete_body(&campaign_id()))
-        .await;
+    let r = gw.delete_new(&w.token("growth"), None).await;
     assert_eq!(r.status, 429);
     assert!(
         r.header("x-gateway-error").is_none(),
@@ -55,15 +53,9 @@ async fn a_429_storm_reaches_batch_once_and_other_projects_keep_working() {
     }
     assert_eq!(w.batch().count(), 1, "nothing is sent during the cool-down");
     // Another project is not cooling down.
-    let r = gw
-        .delete(
-            &w.token("ops"),
-            Some("sales-prod"),
-            &delete_body(&campaign_id()),
-        )
-        .await;
+    let r = gw.delete_new(&w.token("ops"), Some("sales-prod")).await;
     assert_eq!(r.status, 204);
-    let m = String::from_utf8(gw.admin_get("/metrics").await.body).unwrap();
+    let m = gw.metrics().await;
     assert!(
         m.contains("batch_gateway_upstream_cooldowns_total{project=\"marketing-prod\"} 1"),
         "{m}"
@@ -80,15 +72,8 @@ async fn a_503_from_batch_cools_the_project_down_with_a_503() {
         &[("content-type", "application/json")],
         br#"{"error_code":"2","error_message":"Maintenance"}"#,
     );
-    assert_eq!(
-        gw.delete(&w.token("growth"), None, &delete_body(&campaign_id()))
-            .await
-            .status,
-        503
-    );
-    let r = gw
-        .delete(&w.token("growth"), None, &delete_body(&campaign_id()))
-        .await;
+    assert_eq!(gw.delete_new(&w.token("growth"), None).await.status, 503);
+    let r = gw.delete_new(&w.token("growth"), None).await;
     r.assert_gateway_error(503, "upstream_cooldown", "2");
     assert_eq!(r.header("retry-after"), Some("5"));
     assert_eq!(w.batch().count(), 1);
@@ -100,9 +85,7 @@ async fn a_delete_is_never_retried_once_sent() {
     let w = World::new().await;
     let gw = w.start().await;
     w.batch().state.lock().unwrap().drop_connection = true;
-    let r = gw
-        .delete(&w.token("growth"), None, &delete_body(&campaign_id()))
-        .await;
+    let r = gw.delete_new(&w.token("growth"), None).await;
     r.assert_gateway_error(502, "upstream_unreachable", "0");
     assert_eq!(w.batch().count(), 1, "the request was sent again");
     gw.stop().await;
@@ -118,16 +101,9 @@ async fn rate_limits_and_daily_quotas_answer_429_with_retry_after_and_are_audite
         })
         .await;
     for _ in 0..2 {
-        assert_eq!(
-            gw.delete(&w.token("growth"), None, &delete_body(&campaign_id()))
-                .await
-                .status,
-            204
-        );
+        assert_eq!(gw.delete_new(&w.token("growth"), None).await.status, 204);
     }
-    let r = gw
-        .delete(&w.token("growth"), None, &delete_body(&campaign_id()))
-        .await;
+    let r = gw.delete_new(&w.token("growth"), None).await;
     r.assert_gateway_error(429, "rate_limited", "60");
     assert!(r.header("retry-after").unwrap().parse::<u64>().unwrap() >= 1);
     let rec = w.audit_records().pop().unwrap();
@@ -143,10 +119,7 @@ async fn rate_limits_and_daily_quotas_answer_429_with_retry_after_and_are_audite
     // support: daily_quota 3 on sales-prod, reached mid-run.
     let mut statuses = vec![];
     for _ in 0..5 {
-        statuses.push(
-            gw.delete(&w.token("support"), None, &delete_body(&campaign_id()))
-                .await,
-        );
+        statuses.push(gw.delete_new(&w.token("support"), None).await);
     }
     assert_eq!(
         statuses.iter().map(|r| r.status).collect::<Vec<_>>(),
@@ -164,11 +137,7 @@ async fn a_reload_swaps_grants_and_refuses_an_invalid_config() {
     let w = World::new().await;
     let gw = w.start().await;
     let forbidden = gw
-        .delete(
-            &w.token("support"),
-            Some("marketing-prod"),
-            &delete_body(&campaign_id()),
-        )
+        .delete_new(&w.token("support"), Some("marketing-prod"))
         .await;
     forbidden.assert_gateway_error(403, "forbidden", "12");
 
@@ -180,12 +149,7 @@ async fn a_reload_swaps_grants_and_refuses_an_invalid_config() {
         problems.iter().any(|p| p.key == "server.bogus"),
         "{problems:?}"
     );
-    assert_eq!(
-        gw.delete(&w.token("growth"), None, &delete_body(&campaign_id()))
-            .await
-            .status,
-        204
-    );
+    assert_eq!(gw.delete_new(&w.token("growth"), None).await.status, 204);
     assert_eq!(gw.admin_get("/readyz").await.status, 200);
 
     // Valid: support now holds marketing-prod too.
@@ -198,14 +162,10 @@ async fn a_reload_swaps_grants_and_refuses_an_invalid_config() {
     w.write("gateway.toml", &toml::to_string(&doc).unwrap());
     gw.app.reload().await.unwrap();
     let r = gw
-        .delete(
-            &w.token("support"),
-            Some("marketing-prod"),
-            &delete_body(&campaign_id()),
-        )
+        .delete_new(&w.token("support"), Some("marketing-prod"))
         .await;
     assert_eq!(r.status, 204);
-    let m = String::from_utf8(gw.admin_get("/metrics").await.body).unwrap();
+    let m = gw.metrics().await;
     assert!(
         m.contains("batch_gateway_config_reloads_total{kind=\"rejected\"} 1"),
         "{m}"
@@ -450,13 +410,9 @@ async fn upstream_pacing_holds_a_project_to_its_rate() {
     );
     // Other projects are not paced.
     assert_eq!(
-        gw.delete(
-            &w.token("ops"),
-            Some("sales-prod"),
-            &delete_body(&campaign_id())
-        )
-        .await
-        .status,
+        gw.delete_new(&w.token("ops"), Some("sales-prod"))
+            .await
+            .status,
         204
     );
     gw.stop().await;

@@ -24,22 +24,10 @@ async fn a_missing_project_secret_fails_only_that_project_and_leaves_the_pod_rea
     w.projects.retain(|p| p.alias != "sales-prod");
     w.write_secrets();
     let gw = w.start().await;
-    let r = gw
-        .delete(
-            &w.token("ops"),
-            Some("sales-prod"),
-            &delete_body(&campaign_id()),
-        )
-        .await;
+    let r = gw.delete_new(&w.token("ops"), Some("sales-prod")).await;
     r.assert_gateway_error(503, "secrets_unavailable", "2");
     assert_eq!(w.audit_records()[0]["detail"], json!("secret_missing"));
-    let r = gw
-        .delete(
-            &w.token("ops"),
-            Some("marketing-prod"),
-            &delete_body(&campaign_id()),
-        )
-        .await;
+    let r = gw.delete_new(&w.token("ops"), Some("marketing-prod")).await;
     assert_eq!(r.status, 204);
     assert_eq!(w.batch().count(), 1);
     let ready = gw.admin_get("/readyz").await;
@@ -61,9 +49,7 @@ async fn a_malformed_project_key_makes_the_project_unavailable() {
     w.projects[0].project_key = "project_NOT-VALID".into();
     w.write_secrets();
     let gw = w.start().await;
-    let r = gw
-        .delete(&w.token("growth"), None, &delete_body(&campaign_id()))
-        .await;
+    let r = gw.delete_new(&w.token("growth"), None).await;
     r.assert_gateway_error(503, "secrets_unavailable", "2");
     assert_eq!(w.audit_records()[0]["detail"], json!("secret_invalid"));
     assert_eq!(w.batch().count(), 0);
@@ -74,12 +60,7 @@ async fn a_malformed_project_key_makes_the_project_unavailable() {
 async fn a_rotated_key_is_used_after_the_ttl_and_the_fingerprint_changes() {
     let mut w = World::new().await;
     let gw = w.start_with(short_ttl(3600)).await;
-    assert_eq!(
-        gw.delete(&w.token("growth"), None, &delete_body(&campaign_id()))
-            .await
-            .status,
-        204
-    );
+    assert_eq!(gw.delete_new(&w.token("growth"), None).await.status, 204);
     let new_key = "rk_rotated_0123456789".to_string();
     w.batch()
         .state
@@ -90,12 +71,7 @@ async fn a_rotated_key_is_used_after_the_ttl_and_the_fingerprint_changes() {
     w.projects[0].rest_key = new_key.clone();
     w.write_secrets();
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(
-        gw.delete(&w.token("growth"), None, &delete_body(&campaign_id()))
-            .await
-            .status,
-        204
-    );
+    assert_eq!(gw.delete_new(&w.token("growth"), None).await.status, 204);
     let seen = w.batch().seen();
     assert_eq!(
         seen[1].all("authorization"),
@@ -117,12 +93,7 @@ async fn a_broken_secrets_file_is_served_stale_within_the_bound() {
     let gw = w.start_with(short_ttl(3600)).await;
     w.write("secrets.toml", "this is [not toml");
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(
-        gw.delete(&w.token("growth"), None, &delete_body(&campaign_id()))
-            .await
-            .status,
-        204
-    );
+    assert_eq!(gw.delete_new(&w.token("growth"), None).await.status, 204);
     let attempt = &w.audit_records()[0];
     assert_eq!(attempt["secret_source"], json!("stale"));
     let ready = gw.admin_get("/readyz").await;
@@ -141,16 +112,9 @@ async fn past_the_stale_bound_nothing_is_forwarded() {
     std::fs::remove_file(w.path("secrets.toml")).unwrap();
     tokio::time::sleep(Duration::from_millis(1200)).await;
     // Within ttl + stale: still served.
-    assert_eq!(
-        gw.delete(&w.token("growth"), None, &delete_body(&campaign_id()))
-            .await
-            .status,
-        204
-    );
+    assert_eq!(gw.delete_new(&w.token("growth"), None).await.status, 204);
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let r = gw
-        .delete(&w.token("growth"), None, &delete_body(&campaign_id()))
-        .await;
+    let r = gw.delete_new(&w.token("growth"), None).await;
     r.assert_gateway_error(503, "secrets_unavailable", "2");
     assert_eq!(w.batch().count(), 1);
     // No project has a usable secret: the pod is not ready.

@@ -22,9 +22,7 @@ fn last_outcome(w: &World) -> serde_json::Value {
 async fn an_unreachable_batch_is_502_with_an_outcome_record() {
     let w = World::without_batch();
     let gw = w.start().await;
-    let r = gw
-        .delete(&w.token("growth"), None, &delete_body(&campaign_id()))
-        .await;
+    let r = gw.delete_new(&w.token("growth"), None).await;
     r.assert_gateway_error(502, "upstream_unreachable", "0");
     let out = last_outcome(&w);
     assert_eq!(out["reason"], json!("upstream_unreachable"));
@@ -43,9 +41,7 @@ async fn a_slow_batch_is_504_within_the_request_timeout() {
         .await;
     w.batch().set_delay(Duration::from_secs(3));
     let started = Instant::now();
-    let r = gw
-        .delete(&w.token("growth"), None, &delete_body(&campaign_id()))
-        .await;
+    let r = gw.delete_new(&w.token("growth"), None).await;
     r.assert_gateway_error(504, "upstream_timeout", "0");
     assert!(started.elapsed() < Duration::from_millis(2500));
     assert_eq!(last_outcome(&w)["reason"], json!("upstream_timeout"));
@@ -56,9 +52,7 @@ async fn refused_tls(cert: (String, String)) {
     let mut w = World::without_batch();
     w.start_batch(&cert.0, &cert.1).await;
     let gw = w.start().await;
-    let r = gw
-        .delete(&w.token("growth"), None, &delete_body(&campaign_id()))
-        .await;
+    let r = gw.delete_new(&w.token("growth"), None).await;
     r.assert_gateway_error(502, "upstream_unreachable", "0");
     assert_eq!(
         w.batch().count(),

@@ -54,8 +54,7 @@ fn token_auth(w: &World, v: &FakeVault, renewable: bool) -> String {
 }
 
 async fn ok(gw: &Running, w: &World) -> Resp {
-    gw.delete(&w.token("growth"), None, &delete_body(&campaign_id()))
-        .await
+    gw.delete_new(&w.token("growth"), None).await
 }
 
 #[tokio::test]
@@ -134,7 +133,7 @@ async fn an_outage_after_warm_up_is_bridged_until_the_stale_bound_then_refused()
         "the reviewer sees which request used a stale key"
     );
     assert_eq!(w.batch().count(), 2, "nothing forwarded past the bound");
-    let m = String::from_utf8(gw.admin_get("/metrics").await.body).unwrap();
+    let m = gw.metrics().await;
     assert!(
         m.contains("batch_gateway_secret_cache_total{kind=\"stale\"}"),
         "{m}"
@@ -289,7 +288,7 @@ async fn renewal_then_relogin(w: &World, v: &FakeVault, keys: String) {
     v.state.lock().unwrap().tokens.clear();
     tokio::time::sleep(Duration::from_millis(2200)).await;
     assert_eq!(ok(&gw, w).await.status, 204);
-    let m = String::from_utf8(gw.admin_get("/metrics").await.body).unwrap();
+    let m = gw.metrics().await;
     assert!(m.contains("batch_gateway_vault_renewals_total"), "{m}");
     gw.stop().await;
 }

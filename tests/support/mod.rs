@@ -705,6 +705,17 @@ impl Running {
         self.request("POST", DELETE, &h, body).await
     }
 
+    /// A delete of a new campaign id.
+    pub async fn delete_new(&self, token: &str, project: Option<&str>) -> Resp {
+        self.delete(token, project, &delete_body(&campaign_id()))
+            .await
+    }
+
+    /// `/metrics` as text.
+    pub async fn metrics(&self) -> String {
+        String::from_utf8(self.admin_get("/metrics").await.body).unwrap()
+    }
+
     pub async fn request(
         &self,
         method: &str,
