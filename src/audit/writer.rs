@@ -126,6 +126,12 @@ impl AuditLog {
             last_checkpoint: Instant::now(),
             failed_since: None,
             available: available.clone(),
+            pending: Vec::new(),
+            committed: Committed {
+                prev: ZERO_HASH.to_string(),
+                ..Committed::default()
+            },
+            batch_failed: false,
         };
         writer.ensure_open();
         let spawned = std::thread::Builder::new()
@@ -194,7 +200,28 @@ struct Writer {
     /// reports once writing works again.
     failed_since: Option<(String, String)>,
     available: Arc<AtomicBool>,
+    /// Lines serialized but not yet written: a batch goes out in one
+    /// `write`.
+    pending: Vec<u8>,
+    /// The chain state as of the last line that reached the file; restored
+    /// when a buffered batch cannot be written.
+    committed: Committed,
+    /// A write failed during the current batch.
+    batch_failed: bool,
 }
+
+/// Where the chain stood after the last successful write.
+#[derive(Clone, Default)]
+struct Committed {
+    seq: u64,
+    prev: String,
+    file_len: u64,
+    file_first_seq: Option<u64>,
+    since_checkpoint: u64,
+}
+
+/// Past this, the batch buffer is given back after use.
+const PENDING_KEEP_BYTES: usize = 1 << 20;
 
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Job>) {
@@ -228,8 +255,8 @@ impl Writer {
             }
             self.check_identity();
             self.ensure_open();
+            self.batch_failed = false;
             let mut waiting = Vec::new();
-            let mut need_sync = false;
             for job in batch {
                 match job {
                     Job::Probe(tx) => {
@@ -244,21 +271,36 @@ impl Writer {
                         done,
                     } => {
                         let res = self.write(*record);
-                        if res.is_ok() {
-                            need_sync |= durable;
-                        }
-                        waiting.push((done, res));
+                        waiting.push((done, durable, res));
                     }
                 }
             }
-            let synced = !need_sync || self.sync();
-            for (done, res) in waiting {
-                let res = if synced {
+            // One write for the whole batch. Records that need not be
+            // durable are answered as soon as they are in the file; the
+            // others once one fsync covered them all.
+            let written = self.flush() && !self.batch_failed;
+            let mut durable_waiters = Vec::new();
+            for (done, durable, res) in waiting {
+                let res = if written {
                     res
                 } else {
                     Err(AuditError::Unavailable)
                 };
-                let _ = done.send(res);
+                if durable && res.is_ok() {
+                    durable_waiters.push(done);
+                } else {
+                    let _ = done.send(res);
+                }
+            }
+            if !durable_waiters.is_empty() {
+                let res = if self.sync() {
+                    Ok(())
+                } else {
+                    Err(AuditError::Unavailable)
+                };
+                for done in durable_waiters {
+                    let _ = done.send(res.clone());
+                }
             }
             self.timed_checkpoint();
             self.maybe_rotate();
@@ -274,6 +316,27 @@ impl Writer {
         }
         self.file = None;
         self.identity = None;
+        // What was only buffered never reached the file: the chain goes on
+        // from the last line that did.
+        self.pending.clear();
+        self.batch_failed = true;
+        let c = self.committed.clone();
+        self.seq = c.seq;
+        self.prev = c.prev;
+        self.file_len = c.file_len;
+        self.file_first_seq = c.file_first_seq;
+        self.since_checkpoint = c.since_checkpoint;
+    }
+
+    /// The chain state now matches the file.
+    fn commit(&mut self) {
+        self.committed = Committed {
+            seq: self.seq,
+            prev: self.prev.clone(),
+            file_len: self.file_len,
+            file_first_seq: self.file_first_seq,
+            since_checkpoint: self.since_checkpoint,
+        };
     }
 
     fn ensure_open(&mut self) {
@@ -352,6 +415,7 @@ impl Writer {
         self.file_first_seq = first_seq(&mut file)?;
         self.file_len = meta.len() - tail.torn.len() as u64;
         self.identity = Some((meta.dev(), meta.ino()));
+        self.commit();
         if !tail.torn.is_empty() {
             file.set_len(self.file_len)?;
             file.sync_data()?;
@@ -378,26 +442,25 @@ impl Writer {
         Ok(())
     }
 
+    /// Chains `rec` and adds its line to the batch buffer; [`flush`]
+    /// writes the buffer (and [`sync`] flushes first).
     fn write(&mut self, mut rec: Record) -> Result<(), AuditError> {
-        let Some(file) = self.file.as_mut() else {
+        if self.file.is_none() {
             return Err(AuditError::Unavailable);
-        };
+        }
         rec.seq = self.seq + 1;
         rec.ts = now_rfc3339();
-        rec.prev = self.prev.clone();
-        let mut line = serde_json::to_vec(&rec).map_err(|_| AuditError::Unavailable)?;
-        let hash = hex::encode(Sha256::digest(&line));
-        line.push(b'\n');
-        if let Err(e) = file.write_all(&line) {
-            self.fail("write", &e);
+        rec.prev = std::mem::take(&mut self.prev);
+        let start = self.pending.len();
+        if serde_json::to_writer(&mut self.pending, &rec).is_err() {
+            self.pending.truncate(start);
+            self.prev = rec.prev;
             return Err(AuditError::Unavailable);
         }
-        if self.opts.stdout {
-            let _ = std::io::stdout().lock().write_all(&line);
-        }
+        self.prev = hex::encode(Sha256::digest(&self.pending[start..]));
+        self.pending.push(b'\n');
         self.seq += 1;
-        self.prev = hash;
-        self.file_len += line.len() as u64;
+        self.file_len += (self.pending.len() - start) as u64;
         self.file_first_seq.get_or_insert(self.seq);
         if rec.phase != Phase::Checkpoint {
             self.since_checkpoint += 1;
@@ -405,7 +468,34 @@ impl Writer {
         Ok(())
     }
 
+    /// Writes the buffered lines in one go. False when they could not be
+    /// written (the writer then fails over as for any write error).
+    fn flush(&mut self) -> bool {
+        if self.pending.is_empty() {
+            return true;
+        }
+        let Some(file) = self.file.as_mut() else {
+            return false;
+        };
+        if let Err(e) = file.write_all(&self.pending) {
+            self.fail("write", &e);
+            return false;
+        }
+        if self.opts.stdout {
+            let _ = std::io::stdout().lock().write_all(&self.pending);
+        }
+        self.pending.clear();
+        if self.pending.capacity() > PENDING_KEEP_BYTES {
+            self.pending = Vec::new();
+        }
+        self.commit();
+        true
+    }
+
     fn sync(&mut self) -> bool {
+        if !self.flush() {
+            return false;
+        }
         let Some(file) = self.file.as_mut() else {
             return false;
         };
@@ -586,6 +676,36 @@ mod tests {
             (Some(b"bb".to_vec()), b"cc".to_vec())
         );
         assert_eq!(tail_of(b"only-torn"), (None, b"only-torn".to_vec()));
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_cannot_be_written_leaves_the_chain_where_the_file_ends() {
+        use crate::audit::verify::{VerifyOptions, verify};
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(live.clone(), Options::default());
+        log.append(Record::new(Phase::Denied), true).await.unwrap();
+        // The file moves away and the path now fails every write (ENOSPC):
+        // the writer notices, and its repair record and both appends are
+        // buffered, chained and then refused by the disk.
+        let first = dir.path().join("audit.jsonl.000000000001");
+        std::fs::rename(&live, &first).unwrap();
+        std::os::unix::fs::symlink("/dev/full", &live).unwrap();
+        assert!(log.append(Record::new(Phase::Denied), false).await.is_err());
+        assert!(log.append(Record::new(Phase::Attempt), true).await.is_err());
+        // Space comes back as an empty file: the chain must go on from the
+        // last line that reached a disk, not from the refused ones.
+        std::fs::remove_file(&live).unwrap();
+        assert!(log.recover().await);
+        log.append(Record::new(Phase::Denied), true).await.unwrap();
+        drop(log);
+        let v = verify(&[first, live], &VerifyOptions::default()).unwrap();
+        assert_eq!((v.first_seq, v.last_seq), (Some(1), Some(v.records)));
+        assert!(
+            v.repairs.iter().any(|(_, r)| r == "unwritable"),
+            "{:?}",
+            v.repairs
+        );
     }
 
     #[test]
