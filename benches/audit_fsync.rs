@@ -24,7 +24,7 @@ fn record() -> Record {
     r.request_id = Some("00000000-0000-4000-8000-000000000000".into());
     r.method = Some("POST".into());
     r.path = Some("/2.8/campaigns/delete".into());
-    r.action = Some("campaigns.delete".into());
+    r.action = Some("campaigns.delete");
     r.project = Some("marketing-prod".into());
     r.campaign_id = Some("orchestration_0664hyh918hr1gnzka9py5t62nrc0e1f".into());
     r

@@ -198,7 +198,7 @@ actions = ["campaigns.delete"]
         b.iter(|| {
             let mut r = Record::new(Phase::Attempt);
             r.request_id = Some("00000000-0000-4000-8000-000000000000".into());
-            r.key_fp = Some(hmac.fingerprint(b"rk_bench"));
+            r.key_fp = Some(hmac.fingerprint(b"rk_bench").into());
             r.campaign_id = Some("orchestration_0664hyh918hr1gnzka9py5t62nrc0e1f".into());
             r.project = Some("marketing-prod".into());
             let line = serde_json::to_vec(&r).unwrap();

@@ -11,8 +11,10 @@ pub mod report;
 pub mod verify;
 mod writer;
 
+use std::borrow::Cow;
 use std::fs::OpenOptions;
 use std::path::Path;
+use std::sync::Arc;
 
 use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretBox};
@@ -66,51 +68,53 @@ pub struct UpstreamOutcome {
 }
 
 /// One audit record. `v`, `seq`, `ts` and `prev` are set by the writer.
+/// What every record of a request shares is reference-counted, so building
+/// a request's records copies no strings.
 #[derive(Debug, Clone, Serialize)]
 pub struct Record {
     pub v: u32,
     pub seq: u64,
     pub ts: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub request_id: Option<String>,
+    pub request_id: Option<Arc<str>>,
     pub phase: Phase,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decision: Option<Decision>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub reason: Option<Cow<'static, str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
+    pub detail: Option<Cow<'static, str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unverified: Option<Unverified>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub caller_request_id: Option<String>,
+    pub caller_request_id: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub caller: Option<Caller>,
+    pub caller: Option<Arc<Caller>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub client_addr: Option<String>,
+    pub client_addr: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub method: Option<String>,
+    pub method: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
+    pub path: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub action: Option<String>,
+    pub action: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub project: Option<String>,
+    pub project: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub campaign_id: Option<String>,
+    pub campaign_id: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub key_fp: Option<String>,
+    pub key_fp: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream: Option<UpstreamOutcome>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub secret_source: Option<String>,
+    pub secret_source: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret_version: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dry_run: Option<bool>,
     /// The mTLS client certificate's subject.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub client_cert: Option<String>,
+    pub client_cert: Option<Arc<str>>,
     /// On `repair` records: what was found and sealed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub found: Option<serde_json::Value>,

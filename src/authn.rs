@@ -262,14 +262,14 @@ impl Authenticator {
     pub async fn authenticate(
         &self,
         headers: &http::HeaderMap,
-    ) -> Result<(Principal, String), AuthError> {
+    ) -> Result<(Arc<Principal>, String), AuthError> {
         let token = bearer(headers)?;
         let principal = self.verify(&token, now_s()).await?;
         Ok((principal, token))
     }
 
     /// Verifies one compact JWS at time `now` (seconds since the epoch).
-    pub async fn verify(&self, token: &str, now: i64) -> Result<Principal, AuthError> {
+    pub async fn verify(&self, token: &str, now: i64) -> Result<Arc<Principal>, AuthError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::invalid("too_large"));
         }
@@ -277,14 +277,14 @@ impl Authenticator {
         if let Some(hit) = self.verified.get(&key)
             && self.still_good(&hit, now)
         {
-            return Ok((*hit.principal).clone());
+            return Ok(hit.principal);
         }
-        let principal = self.verify_fully(token, now).await?;
+        let principal = Arc::new(self.verify_fully(token, now).await?);
         if let Some((issuer, generation)) = self.issuer_generation(&principal.iss) {
             self.verified.insert(
                 key,
                 Verified {
-                    principal: Arc::new(principal.clone()),
+                    principal: principal.clone(),
                     issuer,
                     generation,
                     leeway_s: self.leeway_s,

@@ -417,14 +417,14 @@ fn policy_explain(a: &ExplainArgs) -> ExitCode {
                 }
             }
         }
-        None => crate::authn::Principal {
+        None => std::sync::Arc::new(crate::authn::Principal {
             iss: "-".into(),
             sub: "-".into(),
             teams: a.team.clone(),
             jti: None,
             exp: 0,
             binding: Default::default(),
-        },
+        }),
     };
     let headers: Vec<&str> = a.project.iter().map(String::as_str).collect();
     say!("teams: {}", principal.teams.join(", "));

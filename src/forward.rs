@@ -288,9 +288,19 @@ pub fn valid_traceparent(v: &[u8]) -> bool {
 
 /// A fresh sampled trace: random trace and parent ids.
 pub fn new_traceparent() -> String {
-    let a = uuid::Uuid::new_v4().simple().to_string();
-    let b = uuid::Uuid::new_v4().simple().to_string();
-    format!("00-{a}-{}-01", &b[..16])
+    let trace = uuid::Uuid::new_v4();
+    let parent = uuid::Uuid::new_v4();
+    let mut s = String::with_capacity(55);
+    s.push_str("00-");
+    s.push_str(
+        trace
+            .simple()
+            .encode_lower(&mut uuid::Uuid::encode_buffer()),
+    );
+    s.push('-');
+    s.push_str(&hex::encode(&parent.as_bytes()[..8]));
+    s.push_str("-01");
+    s
 }
 
 /// Batch's `error_code`, sent as a JSON string or number.

@@ -79,6 +79,18 @@ impl Tracker {
                         i += 1;
                         continue;
                     }
+                    // The usual case: a whole head within this read. It is
+                    // inspected where it lands in `out`, without buffering.
+                    if self.buf.is_empty()
+                        && let Some(p) = find(&owned[i..], b"\r\n\r\n")
+                        && p + 4 <= self.max_head
+                    {
+                        let at = out.len();
+                        out.extend_from_slice(&owned[i..i + p + 4]);
+                        self.state = inspect(&mut out[at..]);
+                        i += p + 4;
+                        continue;
+                    }
                     let scan_from = self.buf.len().saturating_sub(3);
                     self.buf.extend_from_slice(&owned[i..]);
                     i = owned.len();
@@ -334,6 +346,25 @@ mod tests {
         );
         let (out, st) = run(&[tricky.as_bytes()]);
         assert_eq!((out, st), (tricky.into_bytes(), State::Head));
+    }
+
+    #[test]
+    fn whole_heads_in_one_read_and_heads_split_anywhere_are_treated_alike() {
+        let mut all = b"POST /x HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc".to_vec();
+        all.extend_from_slice(b"POST /y HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n");
+        all.extend_from_slice(
+            b"POST /z HTTP/1.1\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
+        let bytewise = run(&all.chunks(1).collect::<Vec<_>>());
+        assert_eq!(
+            String::from_utf8_lossy(&bytewise.0)
+                .matches("x-ambiguous-cl: 2")
+                .count(),
+            1
+        );
+        for k in 0..=all.len() {
+            assert_eq!(run(&[&all[..k], &all[k..]]), bytewise, "split at {k}");
+        }
     }
 
     #[test]

@@ -44,17 +44,17 @@ pub struct Peer {
 /// Everything the audit records of one request share.
 #[derive(Debug, Default)]
 struct Trace {
-    request_id: String,
-    caller_request_id: Option<String>,
-    client_addr: String,
-    method: String,
-    path: String,
+    request_id: Arc<str>,
+    caller_request_id: Option<Arc<str>>,
+    client_addr: Arc<str>,
+    method: Arc<str>,
+    path: Arc<str>,
     action: Option<&'static str>,
-    project: Option<String>,
-    campaign_id: Option<String>,
-    caller: Option<Caller>,
+    project: Option<Arc<str>>,
+    campaign_id: Option<Arc<str>>,
+    caller: Option<Arc<Caller>>,
     unverified: Option<Unverified>,
-    key_fp: Option<String>,
+    key_fp: Option<Arc<str>>,
     client_cert: Option<Arc<str>>,
     dry_run: bool,
     /// For metrics: set once the request was forwarded (or dry-run).
@@ -69,14 +69,14 @@ impl Trace {
         r.client_addr = Some(self.client_addr.clone());
         r.method = Some(self.method.clone());
         r.path = Some(self.path.clone());
-        r.action = self.action.map(str::to_string);
+        r.action = self.action;
         r.project = self.project.clone();
         r.campaign_id = self.campaign_id.clone();
         r.caller = self.caller.clone();
         r.unverified = self.unverified.clone();
         r.key_fp = self.key_fp.clone();
         r.dry_run = self.dry_run.then_some(true);
-        r.client_cert = self.client_cert.as_deref().map(str::to_string);
+        r.client_cert = self.client_cert.clone();
         r
     }
 }
@@ -105,13 +105,13 @@ where
     }
     let (parts, body) = req.into_parts();
     let trace = Trace {
-        request_id,
-        caller_request_id: caller_request_id(&parts.headers),
-        client_addr: peer.addr.to_string(),
+        request_id: request_id.into(),
+        caller_request_id: caller_request_id(&parts.headers).map(Into::into),
+        client_addr: peer.addr.to_string().into(),
         client_cert: peer.client_cert,
-        method: parts.method.to_string(),
+        method: parts.method.as_str().into(),
         // The path only: a query string may carry a token and is never recorded.
-        path: bounded(parts.uri.path()),
+        path: bounded(parts.uri.path()).into(),
         ..Trace::default()
     };
     let rid = trace.request_id.clone();
@@ -121,7 +121,9 @@ where
     // prints the span's fields).
     let span = tracing::info_span!("request", request_id = %rid);
     let task = tracing::Instrument::instrument(serve(app.clone(), trace, parts, body), span);
-    let (resp, trace) = match tokio::spawn(task).await {
+    // Boxed: the task cell then holds a pointer, not the whole state
+    // machine, which would otherwise be copied as the task is set up.
+    let (resp, trace) = match tokio::spawn(Box::pin(task)).await {
         Ok(done) => done,
         Err(e) => {
             tracing::error!(error = %e, "request task failed");
@@ -172,8 +174,8 @@ where
         Err(err) => {
             let mut rec = trace.record(Phase::Denied);
             rec.decision = Some(Decision::Deny);
-            rec.reason = Some(err.kind.reason().to_string());
-            rec.detail = err.detail.as_ref().map(|d| d.to_string());
+            rec.reason = Some(err.kind.reason().into());
+            rec.detail = err.detail.clone();
             if app.audit.append(rec, false).await.is_err() {
                 app.metrics.audit_failures.inc();
                 let unavailable = GatewayError::new(Reject::AuditUnavailable);
@@ -218,7 +220,7 @@ async fn pipeline(
             };
             GatewayError::new(kind).detail(e.detail)
         })?;
-    trace.caller = Some(Caller {
+    trace.caller = Some(Arc::new(Caller {
         iss: principal.iss.clone(),
         sub: principal.sub.clone(),
         team: match principal.teams.as_slice() {
@@ -228,7 +230,7 @@ async fn pipeline(
         jti: principal.jti.clone(),
         token_fp: app.hmac.fingerprint(token.as_bytes()),
         single_use: None,
-    });
+    }));
     drop(token);
 
     // 2. Route.
@@ -252,11 +254,11 @@ async fn pipeline(
                 .message(f.to_string()),
         },
     )?;
-    trace.project = Some(permit.project.clone());
+    trace.project = Some(permit.project.as_str().into());
 
     // 4. Validate the body; what goes upstream is re-serialized from it.
     let campaign_id = validate_body(&body)?;
-    trace.campaign_id = Some(campaign_id.clone());
+    trace.campaign_id = Some(campaign_id.as_str().into());
     let canonical = Bytes::from(serde_json::json!({ "id": campaign_id }).to_string());
 
     // 5. Request binding, then single use.
@@ -293,7 +295,7 @@ async fn pipeline(
             });
         }
         if let Some(c) = trace.caller.as_mut() {
-            c.single_use = Some(true);
+            Arc::make_mut(c).single_use = Some(true);
         }
         Some(Reserved {
             app,
@@ -336,7 +338,8 @@ async fn pipeline(
     })?;
     trace.key_fp = Some(
         app.hmac
-            .fingerprint(secret.rest_key.expose_secret().as_bytes()),
+            .fingerprint(secret.rest_key.expose_secret().as_bytes())
+            .into(),
     );
     trace.dry_run = state.config.upstream.dry_run || permit.dry_run;
 
@@ -344,7 +347,7 @@ async fn pipeline(
     let mut attempt = trace.record(Phase::Attempt);
     attempt.decision = Some(Decision::Allow);
     attempt.reason = Some("ok".into());
-    attempt.secret_source = Some(freshness.as_str().into());
+    attempt.secret_source = Some(freshness.as_str());
     attempt.secret_version = secret.version;
     let writing = Instant::now();
     let written = app.audit.append(attempt, true).await;
