@@ -5,6 +5,10 @@
 #                   X-Batch-Project) -> the stub over TLS, keep-alive
 #   (c) gateway   — wrk -> batch-gateway (EdDSA tokens, file secrets, audit
 #                   on a real file with fsync) -> the stub over TLS
+#   (d) single-use — as (c), but every request carries a fresh request-bound
+#                   token (a signature check each time); closed loop only
+# Then, same run and disk: one fsync per audit record vs grouped fsync, and
+# the disk's own fsync latency (benches/audit_fsync.rs).
 # Closed loop: wrk -t2 -c32. Open loop: oha at fixed rates (latency
 # corrected), when oha is installed. Proxies are pinned to CPU 0, the load
 # generator and the stub to CPU 1. Every answer is checked: non-2xx counted.
@@ -138,6 +142,15 @@ project = "bench"
 actions = ["campaigns.delete"]
 CONF
 TOKEN=$("$GW" token mint --key "$W/idp.key" --iss https://idp.bench --sub bench --team bench --ttl-s 3500)
+BODY='{"id":"orchestration_0664hyh918hr1gnzka9py5t62nrc0e1f"}'
+printf '%s' "$BODY" > "$W/body.json"
+# Single-use tokens: bound to this exact request, each with its own jti;
+# minted per repetition, more than the run can use (a reused one would be
+# refused as a replay and counted as non-2xx).
+mint_single() { # count file
+  "$GW" token mint --key "$W/idp.key" --iss https://idp.bench --sub bench --team bench \
+    --ttl-s 3500 --bind POST /2.8/campaigns/delete "$W/body.json" --count "$1" > "$2"
+}
 
 taskset -c 1 nginx -c "$W/stub/nginx.conf" & PIDS+=($!)
 taskset -c 0 nginx -c "$W/proxy/nginx.conf" & PIDS+=($!)
@@ -147,12 +160,31 @@ for p in $STUB $NGX $GWP; do
 done
 NGX_WORKER=$(pgrep -P "$(cat "$W/proxy/nginx.pid")" | head -1)
 
-BODY='{"id":"orchestration_0664hyh918hr1gnzka9py5t62nrc0e1f"}'
 cat > "$W/post.lua" <<LUA
 wrk.method = "POST"
 wrk.body = '$BODY'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer $TOKEN"
+LUA
+
+# Each wrk thread takes every other token of the file given after "--".
+cat > "$W/single.lua" <<LUA
+local counter = 0
+function setup(thread)
+  thread:set("tid", counter)
+  counter = counter + 1
+end
+local tokens, i = {}, 0
+function init(args)
+  for line in io.lines(args[1]) do tokens[#tokens + 1] = line end
+  i = tid + 1
+end
+function request()
+  local t = tokens[i] or "exhausted"
+  i = i + 2
+  return wrk.format("POST", nil, {["Content-Type"] = "application/json",
+    ["Authorization"] = "Bearer " .. t}, '$BODY')
+end
 LUA
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -161,8 +193,9 @@ HZ=$(getconf CLK_TCK)
 # target name -> URL, the proxy PID to account CPU to (none for direct)
 declare -A URL=( [direct]="https://127.0.0.1:$STUB/2.8/campaigns/delete"
                  [nginx]="http://127.0.0.1:$NGX/2.8/campaigns/delete"
-                 [gateway]="http://127.0.0.1:$GWP/2.8/campaigns/delete" )
-declare -A PID=( [direct]="" [nginx]="$NGX_WORKER" [gateway]="$GW_PID" )
+                 [gateway]="http://127.0.0.1:$GWP/2.8/campaigns/delete"
+                 [single]="http://127.0.0.1:$GWP/2.8/campaigns/delete" )
+declare -A PID=( [direct]="" [nginx]="$NGX_WORKER" [gateway]="$GW_PID" [single]="$GW_PID" )
 
 RESULTS="$W/results.tsv"
 : > "$RESULTS"
@@ -175,7 +208,13 @@ closed() { # target rep
     perf record -q -F 499 -e cpu-clock -g -p "$pid" -o "$W/perf.data" -- sleep "$SECS" >/dev/null 2>&1 &
     prof=$!
   fi
-  local out; out=$(taskset -c 1 wrk -t2 -c32 -d"${SECS}s" --latency -s "$W/post.lua" "${URL[$t]}")
+  local script=("$W/post.lua") extra=()
+  if [ "$t" = single ]; then
+    mint_single "$((SECS * 12000))" "$W/single-$2.txt"
+    script=("$W/single.lua"); extra=(-- "$W/single-$2.txt")
+    [ -n "$pid" ] && before=$(cpu_ticks "$pid")
+  fi
+  local out; out=$(taskset -c 1 wrk -t2 -c32 -d"${SECS}s" --latency -s "${script[0]}" "${URL[$t]}" "${extra[@]}")
   [ -n "$prof" ] && wait "$prof" || true
   [ -n "$pid" ] && after=$(cpu_ticks "$pid")
   local reqs rps p50 p99 non2xx
@@ -203,7 +242,7 @@ print('\t'.join(['open@$2','$1','$3',str(round(d['summary']['requestsPerSec'])),
 echo "# pinning: proxies (nginx worker, gateway) on CPU 0; wrk/oha and the stub on CPU 1"
 echo "# $REPS reps x ${SECS}s, interleaved: direct, nginx, gateway"
 for rep in $(seq "$REPS"); do
-  for t in direct nginx gateway; do closed "$t" "$rep"; done
+  for t in direct nginx gateway single; do closed "$t" "$rep"; done
   for rate in 1000 5000; do for t in direct nginx gateway; do opened "$t" "$rate" "$rep"; done; done
 done
 RSS_KB=$(awk '/VmHWM/ {print $2}' "/proc/$GW_PID/status")
@@ -220,16 +259,22 @@ def ms(v):
 print("\nclosed loop (wrk -t2 -c32): median [min-max] of the reps")
 print(f"{'target':8} {'req/s':>24} {'p50 ms':>8} {'p99 ms':>8} {'proxy CPU us/req':>17} {'non-2xx':>8}")
 med={}
-for t in ("direct","nginx","gateway"):
+cpu_med={}
+for t in ("direct","nginx","gateway","single"):
     r=[x for x in rows if x[0]=="closed" and x[1]==t]
     if not r: continue
     rps=[float(x[3]) for x in r]; cpu=[float(x[6]) for x in r if x[6]!="-"]
     med[t]=statistics.median(rps)
+    if cpu: cpu_med[t]=statistics.median(cpu)
     print(f"{t:8} {statistics.median(rps):>10.0f} [{min(rps):.0f}-{max(rps):.0f}] "
           f"{statistics.median([ms(x[4]) for x in r]):>8.3f} {statistics.median([ms(x[5]) for x in r]):>8.3f} "
           f"{(statistics.median(cpu) if cpu else float('nan')):>17.1f} {sum(int(x[7]) for x in r):>8}")
 if "gateway" in med and "nginx" in med:
     print(f"ratio gateway/nginx: {med['gateway']/med['nginx']:.2f}   gateway/direct: {med['gateway']/med['direct']:.2f}")
+if "single" in cpu_med and "gateway" in cpu_med:
+    s, g = cpu_med["single"], cpu_med["gateway"]
+    print(f"single-use request-bound tokens: {med['single']:.0f} req/s ({med['single']/med['nginx']:.2f}x nginx), "
+          f"{s:.1f} us/req; the signature check (and replay memory) is {s-g:.1f} us of it ({(s-g)/s:.0%})")
 op=[x for x in rows if x[0].startswith("open@")]
 if op:
     print("\nopen loop (oha, latency-corrected): median of the reps")
@@ -247,6 +292,9 @@ if [ -f "$W/perf.data" ]; then
   perf report -i "$W/perf.data" --stdio --no-children --sort symbol 2>/dev/null \
     | grep -E '^ +[0-9.]+%' | head -25
 fi
+echo
+echo "audit fsync on this disk, same run: one fsync per record vs grouped (benches/audit_fsync.rs)"
+BENCH_DIR="$W" cargo bench --locked --quiet --bench audit_fsync 2>/dev/null | grep -v '^$' || echo "(audit_fsync bench failed)"
 AUDIT_LINES=$(wc -l < "$W/audit/audit.jsonl")
 echo "audit records written: $AUDIT_LINES (fsynced attempts, grouped)"
 "$GW" audit verify "$W/audit/audit.jsonl" | head -1

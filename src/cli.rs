@@ -216,9 +216,11 @@ pub fn main() -> ExitCode {
         Command::Audit(AuditCommand::Query(a)) => audit_query(a),
         Command::Audit(AuditCommand::Report(a)) => audit_report(a),
         Command::Policy(PolicyCommand::Explain(a)) => policy_explain(&a),
-        Command::Token(TokenCommand::Mint(a)) => match crate::dev::mint(&a) {
-            Ok(tok) => {
-                say!("{tok}");
+        Command::Token(TokenCommand::Mint(a)) => match crate::dev::mint_many(&a, a.count) {
+            Ok(tokens) => {
+                for tok in tokens {
+                    say!("{tok}");
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

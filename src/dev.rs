@@ -60,6 +60,10 @@ pub struct MintArgs {
     /// body file's exact bytes, base64url). Such a token is single-use.
     #[arg(long, num_args = 3, value_names = ["METHOD", "PATH", "BODY_FILE"])]
     pub bind: Option<Vec<String>>,
+    /// How many tokens to print, one per line, each with its own `jti`
+    /// (single-use tokens for a load test).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub count: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +87,18 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DevError {
 
 /// Signs a caller token as `args` says.
 pub fn mint(args: &MintArgs) -> Result<String, DevError> {
+    mint_many(args, 1)?
+        .pop()
+        .ok_or_else(|| DevError::Sign("no token".into()))
+}
+
+/// `count` tokens that differ only in their `jti`.
+pub fn mint_many(args: &MintArgs, count: u32) -> Result<Vec<String>, DevError> {
+    if count > 1 && args.no_jti {
+        return Err(DevError::Usage(
+            "several tokens need their own jti each; drop --no-jti".into(),
+        ));
+    }
     let alg: Algorithm = args
         .alg
         .parse()
@@ -116,9 +132,6 @@ pub fn mint(args: &MintArgs) -> Result<String, DevError> {
         many => json!(many),
     };
     claims.insert(args.team_claim.clone(), team);
-    if !args.no_jti {
-        claims.insert("jti".into(), json!(uuid::Uuid::new_v4().to_string()));
-    }
     if let Some([method, path, body_file]) = args.bind.as_deref() {
         use sha2::Digest;
         let body = std::fs::read(body_file).map_err(io(format!("cannot read {body_file}")))?;
@@ -137,8 +150,15 @@ pub fn mint(args: &MintArgs) -> Result<String, DevError> {
     }
     let mut header = Header::new(alg);
     header.kid = args.kid.clone();
-    jsonwebtoken::encode(&header, &Value::Object(claims), &key)
-        .map_err(|e| DevError::Sign(e.to_string()))
+    (0..count)
+        .map(|_| {
+            if !args.no_jti {
+                claims.insert("jti".into(), json!(uuid::Uuid::new_v4().to_string()));
+            }
+            jsonwebtoken::encode(&header, &Value::Object(claims.clone()), &key)
+                .map_err(|e| DevError::Sign(e.to_string()))
+        })
+        .collect()
 }
 
 /// What `serve --dev` generated.
@@ -247,6 +267,7 @@ pub fn prepare(
         no_jti: false,
         claims: vec![],
         bind: None,
+        count: 1,
     })?;
     let setup = DevSetup {
         dir: dir.to_path_buf(),

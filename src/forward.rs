@@ -182,14 +182,32 @@ impl Upstream {
             detail,
             latency: started.elapsed(),
         };
+        let req = self
+            .request_for(secret, path, body, request_id, caller_headers)
+            .map_err(unreachable)?;
+        self.exchange(req, started, secret).await
+    }
+
+    /// The request Batch gets: `POST <base_url><path>` with the project's
+    /// keys, the gateway's request id and trace context, and of the
+    /// caller's headers only the allowlisted ones. `Err` names what could
+    /// not be built (a key that is not a valid header value, say).
+    pub fn request_for(
+        &self,
+        secret: &ProjectSecret,
+        path: &str,
+        body: Bytes,
+        request_id: &str,
+        caller_headers: &HeaderMap,
+    ) -> Result<Request<Full<Bytes>>, &'static str> {
         let uri: Uri = format!("{}{}{}", self.origin, self.prefix, path)
             .parse()
-            .map_err(|_| unreachable("bad_uri"))?;
+            .map_err(|_| "bad_uri")?;
         let mut req = Request::builder()
             .method(Method::POST)
             .uri(uri)
             .body(Full::new(body))
-            .map_err(|_| unreachable("bad_request"))?;
+            .map_err(|_| "bad_request")?;
         let h = req.headers_mut();
         for name in CALLER_ALLOWLIST {
             let mut values = caller_headers.get_all(*name).iter();
@@ -210,11 +228,10 @@ impl Upstream {
         }
         let mut auth =
             HeaderValue::from_str(&format!("Bearer {}", secret.rest_key.expose_secret()))
-                .map_err(|_| unreachable("bad_rest_key"))?;
+                .map_err(|_| "bad_rest_key")?;
         auth.set_sensitive(true);
         h.insert(header::AUTHORIZATION, auth);
-        let project = HeaderValue::from_str(&secret.project_key)
-            .map_err(|_| unreachable("bad_project_key"))?;
+        let project = HeaderValue::from_str(&secret.project_key).map_err(|_| "bad_project_key")?;
         h.insert("x-batch-project", project);
         h.insert(
             header::CONTENT_TYPE,
@@ -227,7 +244,47 @@ impl Upstream {
             header::USER_AGENT,
             HeaderValue::from_static(concat!("batch-gateway/", env!("CARGO_PKG_VERSION"))),
         );
+        Ok(req)
+    }
 
+    /// Batch's answer as the caller gets it: the REST key redacted from
+    /// the body, and of the headers only the allowlisted ones.
+    pub fn answer_for(
+        status: StatusCode,
+        headers: &HeaderMap,
+        raw: &[u8],
+        secret: &ProjectSecret,
+        latency: Duration,
+    ) -> Answer {
+        let body = redact(raw, secret.rest_key.expose_secret().as_bytes());
+        let mut kept = HeaderMap::new();
+        for (name, value) in headers {
+            let n = name.as_str();
+            if n == "content-type" || n == "retry-after" || n.starts_with("x-ratelimit-") {
+                kept.append(name.clone(), value.clone());
+            }
+        }
+        Answer {
+            status,
+            headers: kept,
+            error_code: error_code(&body),
+            body,
+            latency,
+        }
+    }
+}
+
+impl Upstream {
+    async fn exchange(
+        &self,
+        req: Request<Full<Bytes>>,
+        started: Instant,
+        secret: &ProjectSecret,
+    ) -> Result<Answer, ForwardError> {
+        let unreachable = |detail| ForwardError::Unreachable {
+            detail,
+            latency: started.elapsed(),
+        };
         let exchange = async {
             let resp = self.client.request(req).await.map_err(|e| {
                 tracing::warn!(error = %e, connect = e.is_connect(), "upstream request failed");
@@ -253,22 +310,13 @@ impl Upstream {
                 });
             }
         };
-        let latency = started.elapsed();
-        let body = redact(&raw, secret.rest_key.expose_secret().as_bytes());
-        let mut headers = HeaderMap::new();
-        for (name, value) in &parts.headers {
-            let n = name.as_str();
-            if n == "content-type" || n == "retry-after" || n.starts_with("x-ratelimit-") {
-                headers.append(name.clone(), value.clone());
-            }
-        }
-        Ok(Answer {
-            status: parts.status,
-            headers,
-            error_code: error_code(&body),
-            body,
-            latency,
-        })
+        Ok(Upstream::answer_for(
+            parts.status,
+            &parts.headers,
+            &raw,
+            secret,
+            started.elapsed(),
+        ))
     }
 }
 

@@ -276,6 +276,24 @@ async fn token_mint_signs_what_the_gateway_verifies() {
         "t",
     ]);
     assert_eq!(code, 2, "{text}");
+    // --count: single-use tokens for a load test, each with its own jti.
+    let k = key.to_str().unwrap();
+    let base = [
+        "token", "mint", "--key", k, "--iss", ISS, "--sub", "s", "--team", "growth",
+    ];
+    let (code, many) = run(&[&base[..], &["--count", "3"]].concat());
+    assert_eq!(code, 0, "{many}");
+    let mut jtis = Vec::new();
+    for line in many.lines() {
+        let p = authn.verify(line, now()).await.unwrap();
+        jtis.push(p.jti.clone().unwrap());
+    }
+    jtis.sort();
+    jtis.dedup();
+    assert_eq!(jtis.len(), 3, "{many}");
+    let (code, text) = run(&[&base[..], &["--count", "2", "--no-jti"]].concat());
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("jti"), "{text}");
 }
 
 #[tokio::test]
