@@ -6,7 +6,9 @@
 #   (c) gateway   — wrk -> batch-gateway (EdDSA tokens, file secrets, audit
 #                   on a real file with fsync) -> the stub over TLS
 #   (d) single-use — as (c), but every request carries a fresh request-bound
-#                   token (a signature check each time); closed loop only
+#                   token (a signature check each time); closed loop only,
+#                   after the interleaved reps (its replay memory grows, so
+#                   peak RSS is read before and after it)
 # Then, same run and disk: one fsync per audit record vs grouped fsync, and
 # the disk's own fsync latency (benches/audit_fsync.rs).
 # Closed loop: wrk -t2 -c32. Open loop: oha at fixed rates (latency
@@ -35,6 +37,7 @@ if ! need nginx || ! need wrk; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk >/dev/null
 fi
 OHA_BIN=$(command -v oha || true)
+[ -z "$OHA_BIN" ] && [ -x "$PWD/target/bench-tools/bin/oha" ] && OHA_BIN="$PWD/target/bench-tools/bin/oha"
 if [ "$OHA" = 1 ] && [ -z "$OHA_BIN" ]; then
   cargo install oha --locked --root "$PWD/target/bench-tools" >/dev/null 2>&1 && OHA_BIN="$PWD/target/bench-tools/bin/oha" || OHA_BIN=""
 fi
@@ -229,7 +232,7 @@ closed() { # target rep
 }
 opened() { # target rate rep
   [ -n "$OHA_BIN" ] || return 0
-  local out; out=$(taskset -c 1 "$OHA_BIN" --no-tui -z "${SECS}s" -q "$2" --latency-correction -c 32 \
+  local out; out=$(taskset -c 1 "$OHA_BIN" --no-tui -z "${SECS}s" -w -q "$2" --latency-correction -c 32 \
       -m POST -H "Content-Type: application/json" -H "Authorization: Bearer $TOKEN" -d "$BODY" \
       --insecure --output-format json "${URL[$1]}")
   echo "$out" | python3 -c "
@@ -242,13 +245,15 @@ print('\t'.join(['open@$2','$1','$3',str(round(d['summary']['requestsPerSec'])),
 echo "# pinning: proxies (nginx worker, gateway) on CPU 0; wrk/oha and the stub on CPU 1"
 echo "# $REPS reps x ${SECS}s, interleaved: direct, nginx, gateway"
 for rep in $(seq "$REPS"); do
-  for t in direct nginx gateway single; do closed "$t" "$rep"; done
+  for t in direct nginx gateway; do closed "$t" "$rep"; done
   for rate in 1000 5000; do for t in direct nginx gateway; do opened "$t" "$rate" "$rep"; done; done
 done
 RSS_KB=$(awk '/VmHWM/ {print $2}' "/proc/$GW_PID/status")
+for rep in $(seq "$REPS"); do closed single "$rep"; done
+RSS_SINGLE_KB=$(awk '/VmHWM/ {print $2}' "/proc/$GW_PID/status")
 NGX_RSS_KB=$(awk '/VmHWM/ {print $2}' "/proc/$NGX_WORKER/status")
 
-python3 - "$RESULTS" "$RSS_KB" "$NGX_RSS_KB" <<'PY'
+python3 - "$RESULTS" "$RSS_KB" "$NGX_RSS_KB" "$RSS_SINGLE_KB" <<'PY'
 import statistics, sys
 rows=[l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 def ms(v):
@@ -286,15 +291,17 @@ if op:
             m=lambda i: statistics.median([ms(x[i]) for x in r])
             print(f"{rate:6} {t:8} {statistics.median([float(x[3]) for x in r]):>8.0f} {m(4):>8.3f}ms {m(5):>8.3f}ms {m(6):>8.3f}ms {sum(int(x[7]) for x in r):>8}")
 print(f"\npeak RSS: gateway {int(sys.argv[2])/1024:.1f} MiB, nginx worker {int(sys.argv[3])/1024:.1f} MiB")
+print(f"peak RSS after the single-use runs: gateway {int(sys.argv[4])/1024:.1f} MiB "
+      "(the replay memory keeps every accepted jti until its token expires)")
 PY
 if [ -f "$W/perf.data" ]; then
   echo; echo "profile of the gateway (last closed-loop rep), top symbols by self time:"
   perf report -i "$W/perf.data" --stdio --no-children --sort symbol 2>/dev/null \
-    | grep -E '^ +[0-9.]+%' | head -25
+    | grep -E '^ +[0-9.]+%' | cut -c1-110 | head -25 || true
 fi
 echo
 echo "audit fsync on this disk, same run: one fsync per record vs grouped (benches/audit_fsync.rs)"
 BENCH_DIR="$W" cargo bench --locked --quiet --bench audit_fsync 2>/dev/null | grep -v '^$' || echo "(audit_fsync bench failed)"
 AUDIT_LINES=$(wc -l < "$W/audit/audit.jsonl")
 echo "audit records written: $AUDIT_LINES (fsynced attempts, grouped)"
-"$GW" audit verify "$W/audit/audit.jsonl" | head -1
+"$GW" audit verify "$W/audit/audit.jsonl" 2>&1 | head -3 || true

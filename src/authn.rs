@@ -280,7 +280,11 @@ impl Authenticator {
             return Ok(hit.principal);
         }
         let principal = Arc::new(self.verify_fully(token, now).await?);
-        if let Some((issuer, generation)) = self.issuer_generation(&principal.iss) {
+        // A request-bound token is single-use: remembering it would only
+        // crowd out reusable ones.
+        let b = &principal.binding;
+        let bound = b.htm.is_some() || b.htu.is_some() || b.bh.is_some();
+        if !bound && let Some((issuer, generation)) = self.issuer_generation(&principal.iss) {
             self.verified.insert(
                 key,
                 Verified {

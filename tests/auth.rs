@@ -291,4 +291,13 @@ async fn a_reused_token_is_verified_once_until_it_expires() {
     // Past its exp (+ leeway) a remembered token is refused like any other.
     let e = a.verify(&tok, now() + 3600).await.unwrap_err();
     assert_eq!((e.kind, e.detail), (AuthFailure::Expired, "expired"));
+    // A request-bound token is single-use: it is not remembered.
+    let bound = w.ed.sign(&with(
+        claims(ISS, "growth"),
+        json!({"htm": "POST", "jti": "b-1"}),
+    ));
+    let before = full();
+    a.verify(&bound, now()).await.unwrap();
+    a.verify(&bound, now()).await.unwrap();
+    assert_eq!(full(), before + 2, "checked in full both times");
 }
