@@ -316,8 +316,12 @@ impl Writer {
         }
         self.file = None;
         self.identity = None;
-        // What was only buffered never reached the file: the chain goes on
-        // from the last line that did.
+        self.roll_back();
+    }
+
+    /// What was only buffered never reached the file: the chain goes on
+    /// from the last line that did.
+    fn roll_back(&mut self) {
         self.pending.clear();
         self.batch_failed = true;
         let c = self.committed.clone();
@@ -475,6 +479,7 @@ impl Writer {
             return true;
         }
         let Some(file) = self.file.as_mut() else {
+            self.roll_back();
             return false;
         };
         if let Err(e) = file.write_all(&self.pending) {
