@@ -12,137 +12,37 @@ mod support;
 use std::hint::black_box;
 use std::sync::Arc;
 
-use batch_gateway::authn::{Authenticator, Principal, now_s};
-use batch_gateway::config::{AuthConfig, Config, IssuerConfig};
+use batch_gateway::authn::{Principal, now_s};
 use criterion::{Criterion, criterion_group, criterion_main};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use serde_json::json;
-
-struct Key {
-    alg: Algorithm,
-    private_pem: Vec<u8>,
-    public_pem: String,
-}
-
-fn key(alg: Algorithm) -> Key {
-    match alg {
-        Algorithm::RS256 => {
-            use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
-            let k = rsa::RsaPrivateKey::new(&mut rand_core::OsRng, 2048).unwrap();
-            Key {
-                alg,
-                private_pem: k.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes().to_vec(),
-                public_pem: k.to_public_key().to_public_key_pem(LineEnding::LF).unwrap(),
-            }
-        }
-        _ => {
-            let a = if alg == Algorithm::EdDSA {
-                &rcgen::PKCS_ED25519
-            } else {
-                &rcgen::PKCS_ECDSA_P256_SHA256
-            };
-            let k = rcgen::KeyPair::generate_for(a).unwrap();
-            Key {
-                alg,
-                private_pem: k.serialize_pem().into_bytes(),
-                public_pem: k.public_key_pem(),
-            }
-        }
-    }
-}
-
-fn token(k: &Key, n: u64) -> String {
-    let enc = match k.alg {
-        Algorithm::EdDSA => EncodingKey::from_ed_pem(&k.private_pem),
-        Algorithm::ES256 => EncodingKey::from_ec_pem(&k.private_pem),
-        _ => EncodingKey::from_rsa_pem(&k.private_pem),
-    }
-    .unwrap();
-    let now = now_s();
-    let claims = json!({"iss": "https://idp.bench", "sub": "svc", "aud": "batch-gateway", "team": "growth",
-        "iat": now, "exp": now + 600, "jti": format!("j{n}")});
-    jsonwebtoken::encode(&Header::new(k.alg), &claims, &enc).unwrap()
-}
-
-fn authenticator(dir: &std::path::Path, k: &Key) -> Authenticator {
-    let p = dir.join(format!("{:?}.pem", k.alg));
-    std::fs::write(&p, &k.public_pem).unwrap();
-    Authenticator::new(&AuthConfig {
-        audiences: vec!["batch-gateway".into()],
-        leeway_s: 30,
-        max_token_lifetime_s: 900,
-        team_claim: "team".into(),
-        replay_cache_size: 1000,
-        issuers: vec![IssuerConfig {
-            issuer: "https://idp.bench".into(),
-            algorithms: vec![k.alg],
-            public_keys: vec![p],
-            jwks: None,
-            typ: None,
-        }],
-    })
-    .unwrap()
-}
+use jsonwebtoken::Algorithm;
+use support::{ISS, SigningKey, World, authenticator, claims};
 
 fn tokens(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let w = World::without_batch();
     for alg in [Algorithm::EdDSA, Algorithm::ES256, Algorithm::RS256] {
-        let k = key(alg);
-        let a = authenticator(dir.path(), &k);
+        let k = SigningKey::generate(alg);
+        let a = authenticator(&w, &k, &[alg]);
         // Cold: the full check a first use costs (signature included).
-        let cold = token(&k, 0);
+        let cold = k.sign(&claims(ISS, "growth"));
         c.bench_function(&format!("token verify {alg:?} cold"), |b| {
             b.iter(|| black_box(rt.block_on(a.verify_fully(&cold, now_s())).is_ok()))
         });
-        let reused = token(&k, 1_000_000);
+        let reused = k.sign(&claims(ISS, "growth"));
         c.bench_function(&format!("token verify {alg:?} cached"), |b| {
             b.iter(|| black_box(rt.block_on(a.verify(&reused, now_s())).is_ok()))
         });
     }
 }
 
-const BENCH_CONFIG: &str = r#"
-[auth]
-audiences = ["batch-gateway"]
-[[auth.issuers]]
-issuer = "https://idp.bench"
-algorithms = ["EdDSA"]
-public_keys = ["k.pem"]
-[secrets]
-file = "s.toml"
-[audit]
-file = "a.jsonl"
-hmac_key_file = "h.key"
-[[projects]]
-alias = "marketing-prod"
-secret_path = "batch/marketing-prod"
-[[projects]]
-alias = "sales-prod"
-secret_path = "batch/sales-prod"
-[[teams]]
-name = "growth"
-[[teams.grants]]
-project = "marketing-prod"
-actions = ["campaigns.delete"]
-[[teams]]
-name = "ops"
-[[teams.grants]]
-project = "sales-prod"
-actions = ["campaigns.delete"]
-"#;
-
-fn bench_config() -> Config {
-    Config::parse(BENCH_CONFIG, std::path::Path::new("/bench/gateway.toml")).unwrap()
-}
-
 fn pieces(c: &mut Criterion) {
-    let cfg = bench_config();
+    let w = World::without_batch();
+    let cfg = w.config(|_| {});
     let principal = Principal {
-        iss: "https://idp.bench".into(),
+        iss: ISS.into(),
         sub: "svc".into(),
         teams: vec!["growth".into()],
         jti: None,
@@ -266,7 +166,7 @@ fn whole_request(c: &mut Criterion) {
 fn header_rewrite(c: &mut Criterion) {
     use batch_gateway::forward::Upstream;
     use batch_gateway::secrets::ProjectSecret;
-    let up = Upstream::new(&bench_config().upstream).unwrap();
+    let up = Upstream::new(&World::without_batch().config(|_| {}).upstream).unwrap();
     let secret = ProjectSecret {
         rest_key: secrecy::SecretString::from("rk_0123456789abcdef0123456789abcdef"),
         project_key: "project_0123456789abcdefghijklmnopqrstuv".into(),

@@ -6,29 +6,9 @@
 mod support;
 
 use batch_gateway::authn::{AuthFailure, Authenticator};
-use batch_gateway::config::{AuthConfig, IssuerConfig};
 use jsonwebtoken::Algorithm;
 use serde_json::json;
 use support::*;
-
-fn authenticator(w: &World, key: &SigningKey, algs: &[Algorithm]) -> Authenticator {
-    let path = w.write(&format!("keys/{:?}.pub.pem", key.alg), &key.public_pem);
-    Authenticator::new(&AuthConfig {
-        audiences: vec!["batch-gateway".into()],
-        leeway_s: 30,
-        max_token_lifetime_s: 900,
-        team_claim: "team".into(),
-        replay_cache_size: 1000,
-        issuers: vec![IssuerConfig {
-            issuer: ISS.into(),
-            algorithms: algs.to_vec(),
-            public_keys: vec![path],
-            jwks: None,
-            typ: None,
-        }],
-    })
-    .unwrap()
-}
 
 async fn detail(a: &Authenticator, token: &str) -> (AuthFailure, &'static str) {
     let e = a.verify(token, now()).await.unwrap_err();

@@ -134,6 +134,31 @@ impl SigningKey {
     }
 }
 
+/// An authenticator for issuer [`ISS`] with `key`'s public key, pinned to
+/// `algs`.
+pub fn authenticator(
+    w: &World,
+    key: &SigningKey,
+    algs: &[jsonwebtoken::Algorithm],
+) -> batch_gateway::authn::Authenticator {
+    let path = w.write(&format!("keys/{:?}.pub.pem", key.alg), &key.public_pem);
+    batch_gateway::authn::Authenticator::new(&batch_gateway::config::AuthConfig {
+        audiences: vec!["batch-gateway".into()],
+        leeway_s: 30,
+        max_token_lifetime_s: 900,
+        team_claim: "team".into(),
+        replay_cache_size: 1000,
+        issuers: vec![batch_gateway::config::IssuerConfig {
+            issuer: ISS.into(),
+            algorithms: algs.to_vec(),
+            public_keys: vec![path],
+            jwks: None,
+            typ: None,
+        }],
+    })
+    .unwrap()
+}
+
 pub fn now() -> i64 {
     batch_gateway::authn::now_s()
 }
