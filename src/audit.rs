@@ -261,16 +261,82 @@ pub fn check_writable(path: &Path) -> std::io::Result<()> {
 
 /// Now as RFC 3339 UTC with milliseconds, e.g. `2026-01-02T03:04:05.678Z`.
 pub fn now_rfc3339() -> String {
-    let now = time::OffsetDateTime::now_utc();
+    rfc3339_millis(time::OffsetDateTime::now_utc())
+}
+
+/// `t` (UTC) as `YYYY-MM-DDTHH:MM:SS.mmmZ`, written digit by digit: every
+/// record carries one, and the `time` crate's format interpreter showed in
+/// the profile.
+fn rfc3339_millis(t: time::OffsetDateTime) -> String {
+    fn two(s: &mut String, v: u8) {
+        s.push(char::from(b'0' + v / 10 % 10));
+        s.push(char::from(b'0' + v % 10));
+    }
+    let Ok(year) = u16::try_from(t.year()) else {
+        return slow_rfc3339_millis(t);
+    };
+    if year > 9999 {
+        return slow_rfc3339_millis(t);
+    }
+    let mut s = String::with_capacity(24);
+    two(&mut s, (year / 100) as u8);
+    two(&mut s, (year % 100) as u8);
+    s.push('-');
+    two(&mut s, u8::from(t.month()));
+    s.push('-');
+    two(&mut s, t.day());
+    s.push('T');
+    two(&mut s, t.hour());
+    s.push(':');
+    two(&mut s, t.minute());
+    s.push(':');
+    two(&mut s, t.second());
+    s.push('.');
+    let ms = t.millisecond();
+    s.push(char::from(b'0' + (ms / 100 % 10) as u8));
+    two(&mut s, (ms % 100) as u8);
+    s.push('Z');
+    s
+}
+
+/// Years outside 0..=9999 (never, in practice) take the general path.
+fn slow_rfc3339_millis(t: time::OffsetDateTime) -> String {
     let fmt = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
     );
-    now.format(&fmt).unwrap_or_default()
+    t.format(&fmt).unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_match_the_general_formatter() {
+        use time::OffsetDateTime;
+        let mut samples = vec![
+            OffsetDateTime::UNIX_EPOCH,
+            OffsetDateTime::now_utc(),
+            time::macros::datetime!(1999-12-31 23:59:59.999 UTC),
+            time::macros::datetime!(2026-01-01 00:00:00.001 UTC),
+            time::macros::datetime!(2024-02-29 09:05:07.090 UTC),
+            time::macros::datetime!(0001-01-01 00:00:00 UTC),
+            time::macros::datetime!(9999-12-31 23:59:59.999999 UTC),
+        ];
+        // A spread of instants a few hours and milliseconds apart.
+        let mut t = time::macros::datetime!(2026-11-26 00:00:00 UTC);
+        for _ in 0..5000 {
+            t += time::Duration::milliseconds(7_777_777);
+            samples.push(t);
+        }
+        for t in samples {
+            assert_eq!(rfc3339_millis(t), slow_rfc3339_millis(t), "{t}");
+        }
+        assert_eq!(
+            rfc3339_millis(time::macros::datetime!(2026-03-04 05:06:07.089 UTC)),
+            "2026-03-04T05:06:07.089Z"
+        );
+    }
 
     #[test]
     fn fingerprints_are_16_hex_of_hmac_sha256() {
