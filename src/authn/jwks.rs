@@ -16,6 +16,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_rustls::HttpsConnector;
@@ -322,6 +324,17 @@ pub fn parse_set(body: &[u8], pinned: &[Algorithm]) -> Result<Vec<JwkKey>, Fetch
         if algs.is_empty() {
             continue;
         }
+        // An RSA key of a size the verifier refuses would fail every
+        // signature: it is not a usable key of the set.
+        if let AlgorithmParameters::RSA(rsa) = &jwk.algorithm {
+            let bits = URL_SAFE_NO_PAD
+                .decode(rsa.n.trim_end_matches('='))
+                .map(|n| super::keys::modulus_bits(&n))
+                .unwrap_or(0);
+            if !super::keys::rsa_size_ok(bits) {
+                continue;
+            }
+        }
         let Ok(key) = DecodingKey::from_jwk(&jwk) else {
             continue;
         };
@@ -369,6 +382,24 @@ mod tests {
         assert!(algs(json!({"keys": [hmac]}), &[Algorithm::EdDSA]).is_empty());
         let enc = json!({"kty": "OKP", "crv": "Ed25519", "x": ED_X, "use": "enc"});
         assert!(algs(json!({"keys": [enc]}), &[Algorithm::EdDSA]).is_empty());
+    }
+
+    #[test]
+    fn rsa_keys_of_a_size_the_verifier_refuses_are_skipped() {
+        let rsa = |bytes: usize| {
+            let n = URL_SAFE_NO_PAD.encode(vec![0xc5u8; bytes]);
+            json!({"kty": "RSA", "n": n, "e": "AQAB", "kid": format!("k{bytes}")})
+        };
+        let doc = json!({"keys": [rsa(128), rsa(256), rsa(512), rsa(1025)]});
+        let kept: Vec<_> = parse_set(doc.to_string().as_bytes(), &[Algorithm::RS256])
+            .unwrap_or_default()
+            .into_iter()
+            .map(|k| k.kid)
+            .collect();
+        assert_eq!(
+            kept,
+            vec![Some("k256".to_string()), Some("k512".to_string())]
+        );
     }
 
     #[test]
