@@ -3,7 +3,8 @@
 #   (a) direct    — wrk -> nginx stub over TLS answering 204
 #   (b) nginx     — wrk -> nginx reverse proxy (injects Authorization and
 #                   X-Batch-Project) -> the stub over TLS, keep-alive
-#   (c) gateway   — wrk -> batch-gateway (EdDSA tokens, file secrets, audit
+#   (c) gateway   — wrk -> batch-gateway (EdDSA tokens unless --alg says
+#                   otherwise, file secrets, audit
 #                   on a real file with fsync) -> the stub over TLS
 #   (d) single-use — as (c), but every request carries a fresh request-bound
 #                   token (a signature check each time); closed loop only,
@@ -15,19 +16,20 @@
 # corrected), when oha is installed. Proxies are pinned to CPU 0, the load
 # generator and the stub to CPU 1. Every answer is checked: non-2xx counted.
 #
-#   bench/run.sh [--reps 3] [--secs 10]
+#   bench/run.sh [--reps 3] [--secs 10] [--alg EdDSA|ES256|RS256] [--no-oha]
 #
 # Installs nginx and wrk from Debian when missing; oha from crates.io when
 # missing (cargo install; optional: --no-oha skips the open loop). Stops
 # everything it started, by PID. Loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-REPS=3 SECS=10 OHA=1
+REPS=3 SECS=10 OHA=1 ALG=EdDSA
 while [ $# -gt 0 ]; do
   case "$1" in
     --reps) REPS=$2; shift 2;;
     --secs) SECS=$2; shift 2;;
     --no-oha) OHA=0; shift;;
+    --alg) ALG=$2; shift 2;;
     *) echo "unknown argument $1" >&2; exit 2;;
   esac
 done
@@ -41,6 +43,7 @@ OHA_BIN=$(command -v oha || true)
 if [ "$OHA" = 1 ] && [ -z "$OHA_BIN" ]; then
   cargo install oha --locked --root "$PWD/target/bench-tools" >/dev/null 2>&1 && OHA_BIN="$PWD/target/bench-tools/bin/oha" || OHA_BIN=""
 fi
+[ "$OHA" = 1 ] || OHA_BIN=""   # --no-oha: no open loop, even when oha is there
 cargo build --release --locked --quiet
 GW="$PWD/target/release/batch-gateway"
 
@@ -108,7 +111,12 @@ nginx_conf proxy "upstream stub { server 127.0.0.1:$STUB; keepalive 64; }
   }"
 
 # --- the gateway -------------------------------------------------------------
-openssl genpkey -algorithm ed25519 -out "$W/idp.key" 2>/dev/null
+case "$ALG" in
+  EdDSA) openssl genpkey -algorithm ed25519 -out "$W/idp.key" 2>/dev/null;;
+  ES256) openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$W/idp.key" 2>/dev/null;;
+  RS256) openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$W/idp.key" 2>/dev/null;;
+  *) echo "--alg: EdDSA, ES256 or RS256" >&2; exit 2;;
+esac
 openssl pkey -in "$W/idp.key" -pubout -out "$W/idp.pub.pem" 2>/dev/null
 openssl rand -hex 32 | tr -d '\n' > "$W/hmac.key"
 printf '["batch/bench"]\nrest_key = "%s"\nproject_key = "%s"\n' "$REST_KEY" "$PROJECT_KEY" > "$W/secrets.toml"
@@ -125,7 +133,7 @@ audiences = ["batch-gateway"]
 max_token_lifetime_s = 3600
 [[auth.issuers]]
 issuer = "https://idp.bench"
-algorithms = ["EdDSA"]
+algorithms = ["$ALG"]
 public_keys = ["idp.pub.pem"]
 [secrets]
 file = "secrets.toml"
@@ -144,14 +152,14 @@ name = "bench"
 project = "bench"
 actions = ["campaigns.delete"]
 CONF
-TOKEN=$("$GW" token mint --key "$W/idp.key" --iss https://idp.bench --sub bench --team bench --ttl-s 3500)
+TOKEN=$("$GW" token mint --alg "$ALG" --key "$W/idp.key" --iss https://idp.bench --sub bench --team bench --ttl-s 3500)
 BODY='{"id":"orchestration_0664hyh918hr1gnzka9py5t62nrc0e1f"}'
 printf '%s' "$BODY" > "$W/body.json"
 # Single-use tokens: bound to this exact request, each with its own jti;
 # minted per repetition, more than the run can use (a reused one would be
 # refused as a replay and counted as non-2xx).
 mint_single() { # count file
-  "$GW" token mint --key "$W/idp.key" --iss https://idp.bench --sub bench --team bench \
+  "$GW" token mint --alg "$ALG" --key "$W/idp.key" --iss https://idp.bench --sub bench --team bench \
     --ttl-s 3500 --bind POST /2.8/campaigns/delete "$W/body.json" --count "$1" > "$2"
 }
 
@@ -213,7 +221,10 @@ closed() { # target rep
   fi
   local script=("$W/post.lua") extra=()
   if [ "$t" = single ]; then
-    mint_single "$((SECS * 12000))" "$W/single-$2.txt"
+    # More tokens than the run can use; RSA signing is slow, and RSA
+    # single-use runs are slower than that (an exhausted file shows as 401s).
+    local per_s=12000; [ "$ALG" = RS256 ] && per_s=6000
+    mint_single "$((SECS * per_s))" "$W/single-$2.txt"
     script=("$W/single.lua"); extra=(-- "$W/single-$2.txt")
     [ -n "$pid" ] && before=$(cpu_ticks "$pid")
   fi
@@ -243,6 +254,7 @@ print('\t'.join(['open@$2','$1','$3',str(round(d['summary']['requestsPerSec'])),
 }
 
 echo "# pinning: proxies (nginx worker, gateway) on CPU 0; wrk/oha and the stub on CPU 1"
+echo "# caller tokens: $ALG"
 echo "# $REPS reps x ${SECS}s, interleaved: direct, nginx, gateway"
 for rep in $(seq "$REPS"); do
   for t in direct nginx gateway; do closed "$t" "$rep"; done
