@@ -33,6 +33,7 @@ while [ $# -gt 0 ]; do
     *) echo "unknown argument $1" >&2; exit 2;;
   esac
 done
+case "$ALG" in EdDSA|ES256|RS256) ;; *) echo "--alg: EdDSA, ES256 or RS256" >&2; exit 2;; esac
 
 need() { command -v "$1" >/dev/null 2>&1; }
 if ! need nginx || ! need wrk; then
@@ -115,7 +116,6 @@ case "$ALG" in
   EdDSA) openssl genpkey -algorithm ed25519 -out "$W/idp.key" 2>/dev/null;;
   ES256) openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$W/idp.key" 2>/dev/null;;
   RS256) openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$W/idp.key" 2>/dev/null;;
-  *) echo "--alg: EdDSA, ES256 or RS256" >&2; exit 2;;
 esac
 openssl pkey -in "$W/idp.key" -pubout -out "$W/idp.pub.pem" 2>/dev/null
 openssl rand -hex 32 | tr -d '\n' > "$W/hmac.key"
