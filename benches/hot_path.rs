@@ -172,17 +172,21 @@ fn header_rewrite(c: &mut Criterion) {
         project_key: "project_0123456789abcdefghijklmnopqrstuv".into(),
         version: None,
     };
-    let mut caller = http::HeaderMap::new();
-    for (k, v) in [
+    let headers = |pairs: &[(&'static str, &str)]| {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    };
+    let caller = headers(&[
         ("authorization", "Bearer eyJ.caller.token"),
         ("content-type", "application/json"),
         ("x-batch-project", "marketing-prod"),
         ("accept", "application/json"),
         ("cookie", "session=1"),
         ("user-agent", "svc/1.0"),
-    ] {
-        caller.insert(k, v.parse().unwrap());
-    }
+    ]);
     let body =
         bytes::Bytes::from_static(br#"{"id":"orchestration_0664hyh918hr1gnzka9py5t62nrc0e1f"}"#);
     c.bench_function("header rewrite: the request Batch gets", |b| {
@@ -199,15 +203,12 @@ fn header_rewrite(c: &mut Criterion) {
             )
         })
     });
-    let mut batch_headers = http::HeaderMap::new();
-    for (k, v) in [
+    let batch_headers = headers(&[
         ("content-type", "application/json"),
         ("x-ratelimit-remaining", "99"),
         ("server", "batch"),
         ("set-cookie", "a=b"),
-    ] {
-        batch_headers.insert(k, v.parse().unwrap());
-    }
+    ]);
     c.bench_function("header rewrite: the answer the caller gets", |b| {
         b.iter(|| {
             black_box(Upstream::answer_for(

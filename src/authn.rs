@@ -48,6 +48,13 @@ pub struct Binding {
     pub bh: Option<String>,
 }
 
+impl Binding {
+    /// The token carries any binding claim, which makes it single-use.
+    pub fn is_bound(&self) -> bool {
+        self.htm.is_some() || self.htu.is_some() || self.bh.is_some()
+    }
+}
+
 /// What a rejected token claimed (kept apart from the verified caller).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Unverified {
@@ -282,9 +289,9 @@ impl Authenticator {
         let principal = Arc::new(self.verify_fully(token, now).await?);
         // A request-bound token is single-use: remembering it would only
         // crowd out reusable ones.
-        let b = &principal.binding;
-        let bound = b.htm.is_some() || b.htu.is_some() || b.bh.is_some();
-        if !bound && let Some((issuer, generation)) = self.issuer_generation(&principal.iss) {
+        if !principal.binding.is_bound()
+            && let Some((issuer, generation)) = self.issuer_generation(&principal.iss)
+        {
             self.verified.insert(
                 key,
                 Verified {

@@ -178,13 +178,9 @@ impl Upstream {
     ) -> Result<Answer, ForwardError> {
         let _ = permit; // holding a Permit is what allows the call
         let started = Instant::now();
-        let unreachable = |detail| ForwardError::Unreachable {
-            detail,
-            latency: started.elapsed(),
-        };
         let req = self
             .request_for(secret, path, body, request_id, caller_headers)
-            .map_err(unreachable)?;
+            .map_err(|detail| unreachable(detail, started))?;
         self.exchange(req, started, secret).await
     }
 
@@ -272,33 +268,28 @@ impl Upstream {
             latency,
         }
     }
-}
 
-impl Upstream {
     async fn exchange(
         &self,
         req: Request<Full<Bytes>>,
         started: Instant,
         secret: &ProjectSecret,
     ) -> Result<Answer, ForwardError> {
-        let unreachable = |detail| ForwardError::Unreachable {
-            detail,
-            latency: started.elapsed(),
-        };
         let exchange = async {
             let resp = self.client.request(req).await.map_err(|e| {
                 tracing::warn!(error = %e, connect = e.is_connect(), "upstream request failed");
-                unreachable(if e.is_connect() {
+                let detail = if e.is_connect() {
                     "connect"
                 } else {
                     "exchange"
-                })
+                };
+                unreachable(detail, started)
             })?;
             let (parts, body) = resp.into_parts();
             let bytes = Limited::new(body, MAX_UPSTREAM_BODY)
                 .collect()
                 .await
-                .map_err(|_| unreachable("response_body"))?
+                .map_err(|_| unreachable("response_body", started))?
                 .to_bytes();
             Ok::<_, ForwardError>((parts, bytes))
         };
@@ -317,6 +308,14 @@ impl Upstream {
             secret,
             started.elapsed(),
         ))
+    }
+}
+
+/// Batch could not be reached or the exchange broke off, `detail` says how.
+fn unreachable(detail: &'static str, started: Instant) -> ForwardError {
+    ForwardError::Unreachable {
+        detail,
+        latency: started.elapsed(),
     }
 }
 

@@ -269,8 +269,7 @@ async fn pipeline(
         return Err(GatewayError::new(Reject::TokenBindingMismatch).detail("bound_token_required"));
     }
     check_binding(b, parts.method.as_str(), target, &body)?;
-    let bound = b.htm.is_some() || b.htu.is_some() || b.bh.is_some();
-    let mut reservation = if bound || permit.single_use_tokens {
+    let mut reservation = if b.is_bound() || permit.single_use_tokens {
         let jti = principal.jti.as_deref().ok_or_else(|| {
             GatewayError::new(Reject::TokenInvalid)
                 .detail("jti_required")
