@@ -4,21 +4,22 @@
 //! scratch: the method and path as received, the validated body
 //! re-serialized, the gateway's own `Authorization`, `X-Batch-Project`,
 //! `Content-Type` and `X-Request-Id`, and from the caller only the
-//! allowlisted `Accept`, `traceparent`, `tracestate`. hyper-util's pooled
-//! client over rustls (webpki roots plus the optional `ca_file`);
-//! `request_timeout_ms` bounds the whole exchange, connect included.
-//! Redirects are never followed. Nothing is retried.
+//! allowlisted `Accept`, `traceparent`, `tracestate`. HTTP/1.1 over rustls
+//! (webpki roots plus the optional `ca_file`) on pooled keep-alive
+//! connections ([`client`]); `request_timeout_ms` bounds the whole
+//! exchange, connect included. Redirects are never followed. Nothing that
+//! may have reached Batch is sent again.
+
+mod client;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use rustls::RootCertStore;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -46,6 +47,8 @@ pub enum CaError {
     Empty { path: String },
     #[error("{path}: a certificate cannot be used as a trust root")]
     Bad { path: String },
+    #[error("upstream.base_url {url}: no usable host")]
+    BadUrl { url: String },
 }
 
 /// Reads PEM certificates to trust as roots.
@@ -66,12 +69,8 @@ pub fn load_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, CaError
     Ok(certs)
 }
 
-/// An HTTPS-only connector trusting the webpki roots plus `ca_file`.
-/// Shared by the upstream client and the JWKS fetcher.
-pub fn https_connector(
-    ca_file: Option<&Path>,
-    connect_timeout: Duration,
-) -> Result<HttpsConnector<HttpConnector>, CaError> {
+/// A TLS client configuration trusting the webpki roots plus `ca_file`.
+pub fn tls_client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, CaError> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(ca) = ca_file {
@@ -82,13 +81,22 @@ pub fn https_connector(
         }
     }
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|_| CaError::Bad {
             path: "(rustls protocol versions)".into(),
         })?
         .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_no_client_auth())
+}
+
+/// An HTTPS-only connector trusting the webpki roots plus `ca_file`, for
+/// the JWKS fetcher and the Vault client.
+pub fn https_connector(
+    ca_file: Option<&Path>,
+    connect_timeout: Duration,
+) -> Result<HttpsConnector<HttpConnector>, CaError> {
+    let tls = tls_client_config(ca_file)?;
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_connect_timeout(Some(connect_timeout));
@@ -136,9 +144,9 @@ impl ForwardError {
 
 /// The upstream client.
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
-    /// `scheme://authority` of `base_url`.
-    origin: String,
+    pool: client::Pool,
+    /// `host[:port]` of `base_url`, for the `Host` header.
+    host: HeaderValue,
     /// `base_url`'s own path, without a trailing slash.
     prefix: String,
     timeout: Duration,
@@ -146,21 +154,23 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn new(cfg: &UpstreamConfig) -> Result<Self, CaError> {
-        let https = https_connector(cfg.ca_file.as_deref(), cfg.connect_timeout)?;
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(64)
-            .build(https);
+        let tls = tls_client_config(cfg.ca_file.as_deref())?;
         let base = &cfg.base_url;
-        let origin = format!(
-            "{}://{}",
-            base.scheme_str().unwrap_or("https"),
-            base.authority().map(|a| a.as_str()).unwrap_or_default()
-        );
+        let bad_url = || CaError::BadUrl {
+            url: base.to_string(),
+        };
+        let pool = client::Pool::new(base, tls, cfg.connect_timeout, MAX_UPSTREAM_BODY)
+            .map_err(|_| bad_url())?;
+        let host = match (base.host(), base.port_u16()) {
+            (Some(h), Some(p)) => HeaderValue::from_str(&format!("{h}:{p}")),
+            (Some(h), None) => HeaderValue::from_str(h),
+            (None, _) => return Err(bad_url()),
+        }
+        .map_err(|_| bad_url())?;
         let prefix = base.path().trim_end_matches('/').to_string();
         Ok(Upstream {
-            client,
-            origin,
+            pool,
+            host,
             prefix,
             timeout: cfg.request_timeout,
         })
@@ -196,7 +206,8 @@ impl Upstream {
         request_id: &str,
         caller_headers: &HeaderMap,
     ) -> Result<Request<Full<Bytes>>, &'static str> {
-        let uri: Uri = format!("{}{}{}", self.origin, self.prefix, path)
+        // Origin-form: the connection already goes to base_url's host.
+        let uri: Uri = format!("{}{}", self.prefix, path)
             .parse()
             .map_err(|_| "bad_uri")?;
         let mut req = Request::builder()
@@ -205,6 +216,7 @@ impl Upstream {
             .body(Full::new(body))
             .map_err(|_| "bad_request")?;
         let h = req.headers_mut();
+        h.insert(header::HOST, self.host.clone());
         for name in CALLER_ALLOWLIST {
             let mut values = caller_headers.get_all(*name).iter();
             if let (Some(v), None) = (values.next(), values.next()) {
@@ -275,26 +287,8 @@ impl Upstream {
         started: Instant,
         secret: &ProjectSecret,
     ) -> Result<Answer, ForwardError> {
-        let exchange = async {
-            let resp = self.client.request(req).await.map_err(|e| {
-                tracing::warn!(error = %e, connect = e.is_connect(), "upstream request failed");
-                let detail = if e.is_connect() {
-                    "connect"
-                } else {
-                    "exchange"
-                };
-                unreachable(detail, started)
-            })?;
-            let (parts, body) = resp.into_parts();
-            let bytes = Limited::new(body, MAX_UPSTREAM_BODY)
-                .collect()
-                .await
-                .map_err(|_| unreachable("response_body", started))?
-                .to_bytes();
-            Ok::<_, ForwardError>((parts, bytes))
-        };
-        let (parts, raw) = match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(r) => r?,
+        let (parts, raw) = match tokio::time::timeout(self.timeout, self.pool.send(req)).await {
+            Ok(r) => r.map_err(|f| unreachable(f.detail(), started))?,
             Err(_) => {
                 return Err(ForwardError::Timeout {
                     latency: started.elapsed(),

@@ -39,6 +39,8 @@ async fn a_signed_delete_reaches_batch_once_with_the_secret_key_and_canonical_bo
     assert_eq!(s.all("x-batch-project"), vec![p.project_key.clone()]);
     assert_eq!(s.all("content-type"), vec!["application/json".to_string()]);
     assert_eq!(s.all("x-request-id"), vec![rid.clone()]);
+    // Origin-form target (above) and the base URL's authority as Host.
+    assert_eq!(s.all("host"), vec![w.batch().addr.to_string()]);
     assert_eq!(s.body, delete_body(&id));
 
     // The audit trail has the attempt and the outcome under the same id.

@@ -280,6 +280,11 @@ pub struct BatchState {
     pub delay: Duration,
     /// Read the request, then drop the connection without an answer.
     pub drop_connection: bool,
+    /// TLS connections accepted.
+    pub connections: usize,
+    /// Close each connection this long after accepting it, whatever it
+    /// is doing (a server dropping idle keep-alive connections).
+    pub close_after: Option<Duration>,
     /// REST key → project key.
     pub keys: HashMap<String, String>,
 }
@@ -362,6 +367,11 @@ impl FakeBatch {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
+                    let close_after = {
+                        let mut s = st.lock().unwrap();
+                        s.connections += 1;
+                        s.close_after
+                    };
                     let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                         let st = st.clone();
                         async move {
@@ -406,9 +416,16 @@ impl FakeBatch {
                             Ok::<_, std::io::Error>(resp)
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .await;
+                    let serving = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), svc);
+                    match close_after {
+                        Some(d) => {
+                            let _ = tokio::time::timeout(d, serving).await;
+                        }
+                        None => {
+                            let _ = serving.await;
+                        }
+                    }
                 });
             }
         });
@@ -432,6 +449,14 @@ impl FakeBatch {
                 .collect(),
             body.to_vec(),
         ));
+    }
+
+    pub fn connections(&self) -> usize {
+        self.state.lock().unwrap().connections
+    }
+
+    pub fn set_close_after(&self, d: Duration) {
+        self.state.lock().unwrap().close_after = Some(d);
     }
 
     pub fn set_delay(&self, d: Duration) {
