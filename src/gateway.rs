@@ -694,9 +694,17 @@ fn caller_request_id(h: &HeaderMap) -> Option<String> {
     ok.then(|| String::from_utf8_lossy(b).into_owned())
 }
 
-/// Request targets are recorded, bounded (they are caller-chosen bytes).
-fn bounded(s: &str) -> String {
-    s.chars().take(512).collect()
+/// Request targets are recorded, bounded to 512 characters (they are
+/// caller-chosen bytes).
+fn bounded(s: &str) -> &str {
+    const MAX_CHARS: usize = 512;
+    if s.len() <= MAX_CHARS {
+        return s; // no more bytes, so no more characters
+    }
+    match s.char_indices().nth(MAX_CHARS) {
+        Some((end, _)) => &s[..end],
+        None => s,
+    }
 }
 
 #[cfg(test)]
@@ -738,6 +746,19 @@ mod tests {
             assert_eq!(kind(&body), Err(Reject::MalformedParameter), "{bad:?}");
         }
         assert_eq!(kind("{\"id\":12}"), Err(Reject::MalformedParameter));
+    }
+
+    #[test]
+    fn recorded_paths_keep_at_most_512_characters() {
+        assert_eq!(bounded("/2.8/campaigns/delete"), "/2.8/campaigns/delete");
+        let ascii = "a".repeat(600);
+        assert_eq!(bounded(&ascii), &ascii[..512]);
+        // 300 two-byte characters: 600 bytes, under the limit in characters.
+        let wide = "é".repeat(300);
+        assert_eq!(bounded(&wide), wide);
+        let wider = "é".repeat(513);
+        assert_eq!(bounded(&wider).chars().count(), 512);
+        assert_eq!(bounded(&wider), "é".repeat(512));
     }
 
     #[test]
