@@ -47,8 +47,10 @@ pub enum CaError {
     Empty { path: String },
     #[error("{path}: a certificate cannot be used as a trust root")]
     Bad { path: String },
-    #[error("upstream.base_url {url}: no usable host")]
-    BadUrl { url: String },
+    /// Config validation already requires a host; never printed with the
+    /// URL, which could carry user info.
+    #[error("upstream.base_url: no usable host")]
+    BadUrl,
 }
 
 /// Reads PEM certificates to trust as roots.
@@ -156,17 +158,14 @@ impl Upstream {
     pub fn new(cfg: &UpstreamConfig) -> Result<Self, CaError> {
         let tls = tls_client_config(cfg.ca_file.as_deref())?;
         let base = &cfg.base_url;
-        let bad_url = || CaError::BadUrl {
-            url: base.to_string(),
-        };
         let pool = client::Pool::new(base, tls, cfg.connect_timeout, MAX_UPSTREAM_BODY)
-            .map_err(|_| bad_url())?;
+            .map_err(|_| CaError::BadUrl)?;
         let host = match (base.host(), base.port_u16()) {
             (Some(h), Some(p)) => HeaderValue::from_str(&format!("{h}:{p}")),
             (Some(h), None) => HeaderValue::from_str(h),
-            (None, _) => return Err(bad_url()),
+            (None, _) => return Err(CaError::BadUrl),
         }
-        .map_err(|_| bad_url())?;
+        .map_err(|_| CaError::BadUrl)?;
         let prefix = base.path().trim_end_matches('/').to_string();
         Ok(Upstream {
             pool,
