@@ -222,9 +222,42 @@ fn header_rewrite(c: &mut Criterion) {
     });
 }
 
+/// The request-smuggling guard following one request (head and body) as a
+/// single read delivers it, the way every data-plane read passes through.
+fn framing_guard(c: &mut Criterion) {
+    let body = br#"{"id":"orchestration_0664hyh918hr1gnzka9py5t62nrc0e1f"}"#;
+    let token = format!(
+        "eyJhbGciOiJFZERTQSJ9.{}.{}",
+        "a".repeat(220),
+        "b".repeat(86)
+    );
+    let request = format!(
+        "POST /2.8/campaigns/delete HTTP/1.1\r\nHost: gateway.internal:8080\r\n\
+         User-Agent: svc/1.0\r\nAccept: application/json\r\n\
+         Content-Type: application/json\r\nX-Batch-Project: marketing-prod\r\n\
+         Authorization: Bearer {token}\r\n\
+         traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\
+         Content-Length: {}\r\n\r\n{}",
+        body.len(),
+        std::str::from_utf8(body).unwrap()
+    );
+    let mut tracker = batch_gateway::framing::Tracker::new(64 * 1024);
+    let mut out = bytes::BytesMut::with_capacity(4096);
+    c.bench_function(
+        &format!("framing guard: one {}-byte request", request.len()),
+        |b| {
+            b.iter(|| {
+                out.clear();
+                tracker.feed(black_box(request.as_bytes()), &mut out);
+                black_box(out.len())
+            })
+        },
+    );
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30).measurement_time(std::time::Duration::from_secs(3));
-    targets = tokens, pieces, header_rewrite, whole_request
+    targets = tokens, pieces, header_rewrite, framing_guard, whole_request
 }
 criterion_main!(benches);

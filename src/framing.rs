@@ -40,8 +40,10 @@ pub struct Tracker {
     max_head: usize,
 }
 
+/// First occurrence of `needle` (memchr's vectorized substring search:
+/// every request head is scanned here).
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(hay, needle)
 }
 
 impl Tracker {
