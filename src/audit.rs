@@ -259,6 +259,18 @@ pub fn check_writable(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// `s` cut to at most `max_chars` characters: what audit records keep of
+/// caller- or Batch-chosen text. Borrowed, not copied.
+pub fn bounded(s: &str, max_chars: usize) -> &str {
+    if s.len() <= max_chars {
+        return s; // no more bytes, so no more characters
+    }
+    match s.char_indices().nth(max_chars) {
+        Some((end, _)) => &s[..end],
+        None => s,
+    }
+}
+
 /// Now as RFC 3339 UTC with milliseconds, e.g. `2026-01-02T03:04:05.678Z`.
 pub fn now_rfc3339() -> String {
     rfc3339_millis(time::OffsetDateTime::now_utc())

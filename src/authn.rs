@@ -577,7 +577,7 @@ fn decode_part(part: &str) -> Result<Members, AuthError> {
 fn str_member(m: &Members, name: &str) -> Option<String> {
     match m.get(name) {
         // What a rejected token claimed is recorded, bounded.
-        Some(Value::String(s)) => Some(s.chars().take(256).collect()),
+        Some(Value::String(s)) => Some(crate::audit::bounded(s, 256).to_string()),
         _ => None,
     }
 }

@@ -347,7 +347,7 @@ pub fn new_traceparent() -> String {
 fn error_code(body: &[u8]) -> Option<String> {
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
     match v.get("error_code")? {
-        serde_json::Value::String(s) => Some(s.chars().take(32).collect()),
+        serde_json::Value::String(s) => Some(crate::audit::bounded(s, 32).to_string()),
         serde_json::Value::Number(n) => Some(n.to_string()),
         _ => None,
     }

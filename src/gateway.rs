@@ -697,14 +697,7 @@ fn caller_request_id(h: &HeaderMap) -> Option<String> {
 /// Request targets are recorded, bounded to 512 characters (they are
 /// caller-chosen bytes).
 fn bounded(s: &str) -> &str {
-    const MAX_CHARS: usize = 512;
-    if s.len() <= MAX_CHARS {
-        return s; // no more bytes, so no more characters
-    }
-    match s.char_indices().nth(MAX_CHARS) {
-        Some((end, _)) => &s[..end],
-        None => s,
-    }
+    crate::audit::bounded(s, 512)
 }
 
 #[cfg(test)]
