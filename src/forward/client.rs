@@ -148,29 +148,25 @@ impl Pool {
     /// answer. The caller bounds the time it may take.
     pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<(Parts, Bytes), Failure> {
         let mut req = req;
-        while let Some(mut conn) = self.checkout() {
+        loop {
+            let (mut conn, reused) = match self.checkout() {
+                Some(conn) => (conn, true),
+                None => (self.connect().await?, false),
+            };
             match self.exchange(&mut conn, req).await {
                 Ok(done) => {
                     self.checkin(conn);
                     return Ok(done);
                 }
-                // Not written: Batch closed this connection first.
-                Err(Broken::Unsent(unsent)) => req = *unsent,
+                // Not written: Batch closed this idle connection first.
+                Err(Broken::Unsent(unsent)) if reused => req = *unsent,
+                Err(Broken::Unsent(_)) => {
+                    tracing::warn!(
+                        "upstream request failed: a new connection closed before the request was written"
+                    );
+                    return Err(Failure::Exchange);
+                }
                 Err(Broken::Failed(failure)) => return Err(failure),
-            }
-        }
-        let mut conn = self.connect().await?;
-        match self.exchange(&mut conn, req).await {
-            Ok(done) => {
-                self.checkin(conn);
-                Ok(done)
-            }
-            Err(Broken::Failed(failure)) => Err(failure),
-            Err(Broken::Unsent(_)) => {
-                tracing::warn!(
-                    "upstream request failed: a new connection closed before the request was written"
-                );
-                Err(Failure::Exchange)
             }
         }
     }
