@@ -48,6 +48,7 @@ fn pieces(c: &mut Criterion) {
         jti: None,
         exp: now_s() + 600,
         binding: Default::default(),
+        recorded: batch_gateway::Memo::new(),
     };
     c.bench_function("policy decision", |b| {
         b.iter(|| {
@@ -171,6 +172,7 @@ fn header_rewrite(c: &mut Criterion) {
         rest_key: secrecy::SecretString::from("rk_0123456789abcdef0123456789abcdef"),
         project_key: "project_0123456789abcdefghijklmnopqrstuv".into(),
         version: None,
+        key_fp: batch_gateway::Memo::new(),
     };
     let headers = |pairs: &[(&'static str, &str)]| {
         let mut h = http::HeaderMap::new();

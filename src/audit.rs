@@ -161,8 +161,12 @@ impl Record {
     }
 }
 
-/// The key behind `token_fp` and `key_fp`.
-pub struct HmacKey(SecretBox<Vec<u8>>);
+/// The key behind `token_fp` and `key_fp`, held as HMAC-SHA256 already
+/// keyed (the key's inner and outer blocks absorbed), so that each
+/// fingerprint hashes only its data. The key bytes themselves are
+/// zeroized once the state is built.
+#[derive(Clone)]
+pub struct HmacKey(Hmac<Sha256>);
 
 #[derive(Debug, thiserror::Error)]
 pub enum HmacKeyError {
@@ -194,22 +198,23 @@ impl HmacKey {
                 path: path.display().to_string(),
             });
         }
-        Ok(HmacKey(SecretBox::new(Box::new(bytes))))
+        Ok(Self::from_bytes(bytes))
     }
 
     pub fn from_bytes(bytes: Vec<u8>) -> Self {
-        HmacKey(SecretBox::new(Box::new(bytes)))
+        let key = SecretBox::new(Box::new(bytes));
+        // HMAC takes keys of any length (RFC 2104): for `Hmac`,
+        // `new_from_slice` never fails; the fallback is unreachable.
+        let mac = Hmac::<Sha256>::new_from_slice(key.expose_secret())
+            .unwrap_or_else(|_| Hmac::<Sha256>::new(&Default::default()));
+        HmacKey(mac)
     }
 
     /// HMAC-SHA256 of `data`, the first 16 lowercase hex characters.
     pub fn fingerprint(&self, data: &[u8]) -> String {
-        // HMAC accepts keys of any length; the error branch cannot happen.
-        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(self.0.expose_secret()) else {
-            return String::from("0000000000000000");
-        };
+        let mut mac = self.0.clone();
         mac.update(data);
-        let out = mac.finalize().into_bytes();
-        hex::encode(&out[..8])
+        lower_hex(&mac.finalize().into_bytes()[..8])
     }
 }
 
@@ -257,6 +262,17 @@ pub fn check_writable(path: &Path) -> std::io::Result<()> {
         }
         Ok(())
     }
+}
+
+/// Lowercase hex of `bytes` (fingerprints, hash-chain links).
+pub fn lower_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
 }
 
 /// `s` cut to at most `max_chars` characters: what audit records keep of
@@ -324,6 +340,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn lower_hex_matches_the_hex_crate() {
+        let all: Vec<u8> = (0..=255).collect();
+        assert_eq!(lower_hex(&all), hex::encode(&all));
+        assert_eq!(lower_hex(&[]), "");
+    }
+
+    #[test]
     fn timestamps_match_the_general_formatter() {
         use time::OffsetDateTime;
         let mut samples = vec![
@@ -352,8 +375,15 @@ mod tests {
 
     #[test]
     fn fingerprints_are_16_hex_of_hmac_sha256() {
-        let k = HmacKey::from_bytes(b"0123456789abcdef0123456789abcdef".to_vec());
+        let raw = b"0123456789abcdef0123456789abcdef";
+        let k = HmacKey::from_bytes(raw.to_vec());
         let a = k.fingerprint(b"rk_1");
+        // The kept, already keyed state gives what a fresh HMAC gives,
+        // every time (it is cloned, never advanced).
+        let mut fresh = Hmac::<Sha256>::new_from_slice(raw).unwrap();
+        fresh.update(b"rk_1");
+        assert_eq!(a, hex::encode(&fresh.finalize().into_bytes()[..8]));
+        assert_eq!(k.fingerprint(b"rk_1"), a);
         assert_eq!(a.len(), 16);
         assert!(
             a.bytes()

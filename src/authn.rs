@@ -38,6 +38,9 @@ pub struct Principal {
     pub exp: i64,
     /// Request-binding claims, when the token carries them.
     pub binding: Binding,
+    /// The caller as audit records name it, fingerprint included, built on
+    /// the first request that uses this verified token.
+    pub recorded: crate::Memo<Arc<crate::audit::Caller>>,
 }
 
 /// The request-binding claims `htm`, `htu`, `bh` (after DPoP).
@@ -494,6 +497,7 @@ impl Authenticator {
             jti: claims.jti,
             exp: claims.exp,
             binding: claims.binding,
+            recorded: crate::Memo::new(),
         })
     }
 }

@@ -426,6 +426,7 @@ fn policy_explain(a: &ExplainArgs) -> ExitCode {
             jti: None,
             exp: 0,
             binding: Default::default(),
+            recorded: crate::Memo::new(),
         }),
     };
     let headers: Vec<&str> = a.project.iter().map(String::as_str).collect();

@@ -26,6 +26,7 @@ use rustls_pki_types::pem::PemObject;
 use secrecy::ExposeSecret;
 
 use crate::config::UpstreamConfig;
+use crate::names;
 use crate::policy::Permit;
 use crate::secrets::ProjectSecret;
 
@@ -33,7 +34,7 @@ use crate::secrets::ProjectSecret;
 const MAX_UPSTREAM_BODY: usize = 1 << 20;
 
 /// Caller headers that may travel to Batch.
-const CALLER_ALLOWLIST: &[&str] = &["accept", "traceparent", "tracestate"];
+const CALLER_ALLOWLIST: [HeaderName; 3] = [header::ACCEPT, names::TRACEPARENT, names::TRACESTATE];
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
@@ -217,20 +218,20 @@ impl Upstream {
         let h = req.headers_mut();
         h.insert(header::HOST, self.host.clone());
         for name in CALLER_ALLOWLIST {
-            let mut values = caller_headers.get_all(*name).iter();
+            let mut values = caller_headers.get_all(&name).iter();
             if let (Some(v), None) = (values.next(), values.next()) {
-                h.insert(HeaderName::from_static(name), v.clone());
+                h.insert(name, v.clone());
             }
         }
         // W3C trace context: the caller's, when well-formed, else a new
         // trace (and then no tracestate of someone else's trace).
         if !h
-            .get("traceparent")
+            .get(names::TRACEPARENT)
             .is_some_and(|v| valid_traceparent(v.as_bytes()))
         {
-            h.remove("tracestate");
+            h.remove(names::TRACESTATE);
             if let Ok(v) = HeaderValue::from_str(&new_traceparent()) {
-                h.insert("traceparent", v);
+                h.insert(names::TRACEPARENT, v);
             }
         }
         let mut auth =
@@ -239,13 +240,13 @@ impl Upstream {
         auth.set_sensitive(true);
         h.insert(header::AUTHORIZATION, auth);
         let project = HeaderValue::from_str(&secret.project_key).map_err(|_| "bad_project_key")?;
-        h.insert("x-batch-project", project);
+        h.insert(names::X_BATCH_PROJECT, project);
         h.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
         if let Ok(v) = HeaderValue::from_str(request_id) {
-            h.insert("x-request-id", v);
+            h.insert(names::X_REQUEST_ID, v);
         }
         h.insert(
             header::USER_AGENT,

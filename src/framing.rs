@@ -265,8 +265,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
             if this.eof {
                 return Poll::Ready(Ok(()));
             }
-            let mut tmp = [0u8; 8192];
-            let mut rb = ReadBuf::new(&mut tmp);
+            // Uninitialized: a plain socket reads into it as it is, so no
+            // 8 KiB are zeroed on every read (and every read that waits).
+            let mut tmp = [std::mem::MaybeUninit::<u8>::uninit(); 8192];
+            let mut rb = ReadBuf::uninit(&mut tmp);
             ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
             if rb.filled().is_empty() {
                 this.eof = true;

@@ -30,6 +30,7 @@ use crate::error::{GatewayError, Reject, rescue};
 use crate::forward::ForwardError;
 use crate::json::{JsonError, parse_object};
 use crate::metrics::{KindLabels, RequestLabels, status_class};
+use crate::names;
 use crate::policy::{self, Forbidden};
 use crate::replay::ReplayError;
 
@@ -120,10 +121,12 @@ where
     // Every log line of this request carries its id (the JSON log format
     // prints the span's fields).
     let span = tracing::info_span!("request", request_id = %rid);
-    let task = tracing::Instrument::instrument(serve(app.clone(), trace, parts, body), span);
-    // Boxed: the task cell then holds a pointer, not the whole state
-    // machine, which would otherwise be copied as the task is set up.
-    let (resp, trace) = match tokio::spawn(Box::pin(task)).await {
+    // Boxed first, then instrumented: the state machine (kilobytes) is
+    // copied once, into the box; the span wrapper and the task cell then
+    // hold a pointer.
+    let task =
+        tracing::Instrument::instrument(Box::pin(serve(app.clone(), trace, parts, body)), span);
+    let (resp, trace) = match tokio::spawn(task).await {
         Ok(done) => done,
         Err(e) => {
             tracing::error!(error = %e, "request task failed");
@@ -220,17 +223,22 @@ async fn pipeline(
             };
             GatewayError::new(kind).detail(e.detail)
         })?;
-    trace.caller = Some(Arc::new(Caller {
-        iss: principal.iss.clone(),
-        sub: principal.sub.clone(),
-        team: match principal.teams.as_slice() {
-            [one] => Value::String(one.clone()),
-            many => Value::from(many.to_vec()),
-        },
-        jti: principal.jti.clone(),
-        token_fp: app.hmac.fingerprint(token.as_bytes()),
-        single_use: None,
-    }));
+    // A reused token's caller (fingerprint included) was built by the
+    // first request that used it; the HMAC key lives as long as the process.
+    let caller = principal.recorded.get_or_init(|| {
+        Arc::new(Caller {
+            iss: principal.iss.clone(),
+            sub: principal.sub.clone(),
+            team: match principal.teams.as_slice() {
+                [one] => Value::String(one.clone()),
+                many => Value::from(many.to_vec()),
+            },
+            jti: principal.jti.clone(),
+            token_fp: app.hmac.fingerprint(token.as_bytes()),
+            single_use: None,
+        })
+    });
+    trace.caller = Some(caller.clone());
     drop(token);
 
     // 2. Route.
@@ -239,7 +247,7 @@ async fn pipeline(
 
     // 3. Authorize.
     let mut project_headers = Vec::new();
-    for v in parts.headers.get_all("x-batch-project") {
+    for v in parts.headers.get_all(names::X_BATCH_PROJECT) {
         project_headers.push(v.to_str().map_err(|_| {
             GatewayError::new(Reject::Forbidden).detail(Forbidden::UnknownProject.detail())
         })?);
@@ -259,7 +267,7 @@ async fn pipeline(
     // 4. Validate the body; what goes upstream is re-serialized from it.
     let campaign_id = validate_body(&body)?;
     trace.campaign_id = Some(campaign_id.as_str().into());
-    let canonical = Bytes::from(serde_json::json!({ "id": campaign_id }).to_string());
+    let canonical = canonical_body(&campaign_id);
 
     // 5. Request binding, then single use.
     let b = &principal.binding;
@@ -336,9 +344,14 @@ async fn pipeline(
         })
     })?;
     trace.key_fp = Some(
-        app.hmac
-            .fingerprint(secret.rest_key.expose_secret().as_bytes())
-            .into(),
+        secret
+            .key_fp
+            .get_or_init(|| {
+                app.hmac
+                    .fingerprint(secret.rest_key.expose_secret().as_bytes())
+                    .into()
+            })
+            .clone(),
     );
     trace.dry_run = state.config.upstream.dry_run || permit.dry_run;
 
@@ -381,20 +394,21 @@ async fn pipeline(
             HeaderValue::from_static("application/json"),
         );
         resp.headers_mut()
-            .insert("x-gateway-dry-run", HeaderValue::from_static("true"));
+            .insert(names::X_GATEWAY_DRY_RUN, HeaderValue::from_static("true"));
         return Ok(with_request_id(resp, &trace.request_id));
     }
-    let result = state
-        .upstream
-        .forward(
-            &permit,
-            &secret,
-            target,
-            canonical,
-            &trace.request_id,
-            &parts.headers,
-        )
-        .await;
+    // Boxed: the exchange's state machine is the largest of the pipeline's
+    // (~6 KB); inline, it made every request's future that large, and
+    // that future is copied as it is set up.
+    let result = Box::pin(state.upstream.forward(
+        &permit,
+        &secret,
+        target,
+        canonical,
+        &trace.request_id,
+        &parts.headers,
+    ))
+    .await;
 
     // 9. The outcome is recorded before the caller hears it.
     match result {
@@ -520,7 +534,7 @@ fn millis(d: Duration) -> u64 {
 
 fn with_request_id(mut resp: Response<Full<Bytes>>, rid: &str) -> Response<Full<Bytes>> {
     if let Ok(v) = HeaderValue::from_str(rid) {
-        resp.headers_mut().insert("x-request-id", v);
+        resp.headers_mut().insert(names::X_REQUEST_ID, v);
     }
     resp
 }
@@ -533,7 +547,7 @@ fn finish(
 ) -> Response<Full<Bytes>> {
     let reason = resp
         .headers()
-        .get("x-gateway-error")
+        .get(names::X_GATEWAY_ERROR)
         .and_then(|v| reason_label(v.as_bytes()))
         .unwrap_or("ok");
     app.metrics
@@ -652,6 +666,19 @@ pub fn validate_body(body: &[u8]) -> Result<String, GatewayError> {
     }
 }
 
+/// What goes upstream: `{"id":"<campaign id>"}`, written out directly. A
+/// valid campaign id is `orchestration_` and lowercase alphanumerics, so
+/// nothing in it needs escaping (the test below checks it against
+/// serde_json's own output).
+fn canonical_body(campaign_id: &str) -> Bytes {
+    debug_assert!(is_campaign_id(campaign_id));
+    let mut out = String::with_capacity(campaign_id.len() + 10);
+    out.push_str("{\"id\":\"");
+    out.push_str(campaign_id);
+    out.push_str("\"}");
+    Bytes::from(out)
+}
+
 pub fn is_campaign_id(s: &str) -> bool {
     s.strip_prefix("orchestration_").is_some_and(|rest| {
         rest.len() == 32
@@ -682,7 +709,7 @@ fn check_binding(b: &Binding, method: &str, target: &str, body: &[u8]) -> Result
 /// The caller's own `X-Request-Id`, kept when it is 1-128 characters of
 /// `A-Za-z0-9._-` (anything else is dropped).
 fn caller_request_id(h: &HeaderMap) -> Option<String> {
-    let mut values = h.get_all("x-request-id").iter();
+    let mut values = h.get_all(names::X_REQUEST_ID).iter();
     let v = values.next()?;
     if values.next().is_some() {
         return None;
@@ -708,6 +735,15 @@ mod tests {
 
     fn kind(body: &str) -> Result<String, Reject> {
         validate_body(body.as_bytes()).map_err(|e| e.kind)
+    }
+
+    #[test]
+    fn the_canonical_body_is_what_serde_json_writes() {
+        for id in [ID, "orchestration_00000000000000000000000000000000"] {
+            let want = serde_json::json!({ "id": id }).to_string();
+            assert_eq!(canonical_body(id), want.as_bytes());
+            assert_eq!(validate_body(&canonical_body(id)).ok().as_deref(), Some(id));
+        }
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub struct ProjectSecret {
     pub project_key: String,
     /// The source's version of the secret (Vault KV `metadata.version`).
     pub version: Option<u64>,
+    /// `key_fp` of the REST key, computed on the first request that uses
+    /// this copy of the secret.
+    pub key_fp: crate::Memo<Arc<str>>,
 }
 
 /// Why a source gave no secret.
@@ -151,6 +154,7 @@ pub fn checked(
         rest_key,
         project_key,
         version,
+        key_fp: crate::Memo::new(),
     })
 }
 

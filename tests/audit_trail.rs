@@ -47,6 +47,30 @@ async fn records_carry_fingerprints_and_never_a_secret() {
     assert_eq!(recs[2]["caller"]["team"], json!("support"));
 }
 
+/// The caller recorded for a token the gateway has verified before is
+/// built once and kept with it: every record still names its own token.
+#[tokio::test]
+async fn reused_tokens_keep_their_own_fingerprint_in_every_record() {
+    let w = World::new().await;
+    let gw = w.start().await;
+    let (a, b) = (w.token("growth"), w.token("growth"));
+    assert_ne!(a, b);
+    let sent = [&a, &b, &a, &b, &a];
+    for t in sent {
+        assert_eq!(gw.delete_new(t, None).await.status, 204);
+    }
+    gw.stop().await;
+    let recs = w.audit_records();
+    let p = w.project("marketing-prod");
+    assert_eq!(recs.len(), 2 * sent.len());
+    for (i, t) in sent.iter().enumerate() {
+        for rec in &recs[2 * i..2 * i + 2] {
+            assert_eq!(rec["caller"]["token_fp"], json!(fp(&w.hmac_key, t)));
+            assert_eq!(rec["key_fp"], json!(fp(&w.hmac_key, &p.rest_key)));
+        }
+    }
+}
+
 #[tokio::test]
 async fn the_chain_continues_across_a_restart() {
     let w = World::new().await;

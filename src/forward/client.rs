@@ -111,7 +111,10 @@ pub struct Pool {
     idle_timeout: Duration,
     max_idle: usize,
     max_body: usize,
-    idle: Mutex<Vec<Conn>>,
+    /// Boxed: a connection's state (~2 KB, mostly TLS) then moves in and
+    /// out of the pool, and through each request's future, as a pointer.
+    #[allow(clippy::vec_box)]
+    idle: Mutex<Vec<Box<Conn>>>,
 }
 
 impl Pool {
@@ -151,7 +154,8 @@ impl Pool {
         loop {
             let (mut conn, reused) = match self.checkout() {
                 Some(conn) => (conn, true),
-                None => (self.connect().await?, false),
+                // Boxed: the handshake's future is large, and rare.
+                None => (Box::pin(self.connect()).await?, false),
             };
             match self.exchange(&mut conn, req).await {
                 Ok(done) => {
@@ -201,7 +205,7 @@ impl Pool {
     }
 
     /// Puts `conn` back if it can serve another request.
-    fn checkin(&self, mut conn: Conn) {
+    fn checkin(&self, mut conn: Box<Conn>) {
         if !conn.reusable() {
             return;
         }
@@ -214,7 +218,7 @@ impl Pool {
     }
 
     /// The most recently used idle connection that is still open.
-    fn checkout(&self) -> Option<Conn> {
+    fn checkout(&self) -> Option<Box<Conn>> {
         loop {
             let mut conn = self.idle.lock().ok()?.pop()?;
             if conn.idle_since.elapsed() < self.idle_timeout && conn.reusable() {
@@ -224,7 +228,7 @@ impl Pool {
     }
 
     /// TCP, then TLS, within `connect_timeout`.
-    async fn connect(&self) -> Result<Conn, Failure> {
+    async fn connect(&self) -> Result<Box<Conn>, Failure> {
         let connecting = async {
             let tcp = TcpStream::connect((self.host.as_str(), self.port))
                 .await
@@ -240,12 +244,12 @@ impl Pool {
                 .map_err(|e| ("http", e.to_string()))
         };
         match tokio::time::timeout(self.connect_timeout, connecting).await {
-            Ok(Ok((sender, driver))) => Ok(Conn {
+            Ok(Ok((sender, driver))) => Ok(Box::new(Conn {
                 sender,
                 driver,
                 ended: false,
                 idle_since: Instant::now(),
-            }),
+            })),
             Ok(Err((stage, error))) => {
                 tracing::warn!(stage, %error, "upstream request failed: cannot connect");
                 Err(Failure::Connect)
