@@ -516,10 +516,8 @@ fn serve(a: ServeArgs) -> ExitCode {
         }
     };
     init_tracing(&config.log.level, config.log.format);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let rt = match serve_runtime(cpus) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("serve: cannot start the runtime: {e}");
@@ -544,6 +542,8 @@ fn serve(a: ServeArgs) -> ExitCode {
         tracing::info!(
             listen = %listeners.data_addr().map(|a| a.to_string()).unwrap_or_default(),
             admin = %listeners.admin_addr().map(|a| a.to_string()).unwrap_or_default(),
+            cpus,
+            runtime = runtime_name(cpus),
             "batch-gateway serving"
         );
         if let Some(setup) = dev {
@@ -603,5 +603,50 @@ async fn shutdown_signal() {
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+/// The runtime `serve` runs on. With one CPU to run on (an affinity mask or
+/// a cgroup quota of one), a current-thread runtime: every task, timer and
+/// socket on the thread that runs `serve`, no work-stealing queues and no
+/// wake-ups passed between a worker and the thread that blocks on `serve`
+/// (linkerd2-proxy makes the same choice). With more, one worker per CPU.
+/// The audit writer and blocking file reads have threads of their own
+/// either way.
+pub fn serve_runtime(cpus: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if cpus <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cpus)
+            .enable_all()
+            .build()
+    }
+}
+
+fn runtime_name(cpus: usize) -> &'static str {
+    if cpus <= 1 {
+        "current_thread"
+    } else {
+        "multi_thread"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::runtime::RuntimeFlavor;
+
+    #[test]
+    fn one_cpu_gets_a_current_thread_runtime_and_more_a_worker_each() {
+        let one = serve_runtime(1).unwrap();
+        assert_eq!(one.handle().runtime_flavor(), RuntimeFlavor::CurrentThread);
+        assert_eq!(runtime_name(1), "current_thread");
+        let two = serve_runtime(2).unwrap();
+        assert_eq!(two.handle().runtime_flavor(), RuntimeFlavor::MultiThread);
+        assert_eq!(two.metrics().num_workers(), 2);
+        assert_eq!(runtime_name(2), "multi_thread");
     }
 }

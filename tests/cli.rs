@@ -157,16 +157,41 @@ async fn sigterm_drains_and_exits_0() {
 
 #[test]
 fn serve_dev_answers_its_own_curl_line_in_dry_run_and_stops_on_sigint() {
+    let log = dev_round_trip(Command::new(binary()));
+    assert!(log.contains("batch-gateway serving"), "{log}");
+}
+
+/// On one CPU (an affinity mask of one, as `taskset` or a pinned container
+/// gives) the gateway runs on a current-thread runtime, and does all of it
+/// there: the request, the audit trail, the drain on SIGINT.
+#[test]
+fn on_one_cpu_serve_runs_a_current_thread_runtime_end_to_end() {
+    let mut pinned = Command::new("taskset");
+    pinned.args(["-c", "0"]).arg(binary());
+    let log = dev_round_trip(pinned);
+    let serving = log
+        .lines()
+        .find(|l| l.contains("batch-gateway serving"))
+        .unwrap_or_else(|| panic!("no start line in {log}"));
+    assert!(serving.contains("cpus=1"), "{serving}");
+    assert!(serving.contains("runtime=\"current_thread\""), "{serving}");
+}
+
+/// Runs `serve --dev` through `cmd`, sends the signed delete it prints,
+/// stops it with SIGINT and checks its audit trail; returns its log.
+fn dev_round_trip(mut cmd: Command) -> String {
     let tmp = tempfile::tempdir().unwrap();
     let (data, admin) = (free_port(), free_port());
-    let mut child = Command::new(binary())
+    let mut child = cmd
         .args(["serve", "--dev", "--listen", &format!("127.0.0.1:{data}")])
         .args(["--admin-listen", &format!("127.0.0.1:{admin}"), "--dev-dir"])
         .arg(tmp.path().join("dev"))
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     // Keep draining stdout: the gateway must not see a closed pipe.
@@ -205,6 +230,7 @@ fn serve_dev_answers_its_own_curl_line_in_dry_run_and_stops_on_sigint() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o077, 0);
+    log.join().unwrap()
 }
 
 #[tokio::test]
