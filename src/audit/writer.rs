@@ -89,11 +89,15 @@ impl Default for Options {
     }
 }
 
+type Done = oneshot::Sender<Result<(), AuditError>>;
+/// Requests' channels, each with its answer.
+type Answers = Vec<(Done, Result<(), AuditError>)>;
+
 enum Job {
     Append {
         record: Box<Record>,
         durable: bool,
-        done: oneshot::Sender<Result<(), AuditError>>,
+        done: Done,
     },
     Probe(oneshot::Sender<bool>),
     Checkpoint(oneshot::Sender<bool>),
@@ -134,9 +138,10 @@ impl AuditLog {
             batch_failed: false,
         };
         writer.ensure_open();
+        let relay = Relay::start();
         let spawned = std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || writer.run(rx));
+            .spawn(move || writer.run(rx, relay));
         if spawned.is_err() {
             tracing::error!("cannot start the audit writer thread");
             available.store(false, Ordering::SeqCst);
@@ -184,6 +189,49 @@ impl AuditLog {
     }
 }
 
+/// How the writer answers the requests of a batch: all of them in one
+/// hand-over to a task on the runtime, which completes each request's
+/// channel there. Completing them from the writer thread wakes the
+/// runtime once per request (on a current-thread runtime, each one an
+/// `eventfd` write and a return from `epoll_wait`); this wakes it once per
+/// batch. Without a runtime (or once it is gone) they are completed
+/// directly. On a current-thread runtime the relay runs only while that
+/// runtime is driven: the log belongs to the runtime that serves with it.
+struct Relay(Option<tokio::sync::mpsc::UnboundedSender<Answers>>);
+
+impl Relay {
+    fn start() -> Relay {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return Relay(None);
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Answers>();
+        rt.spawn(async move {
+            while let Some(batch) = rx.recv().await {
+                for (done, res) in batch {
+                    let _ = done.send(res);
+                }
+            }
+        });
+        Relay(Some(tx))
+    }
+
+    fn deliver(&self, batch: Answers) {
+        if batch.is_empty() {
+            return;
+        }
+        let batch = match &self.0 {
+            Some(tx) => match tx.send(batch) {
+                Ok(()) => return,
+                Err(unsent) => unsent.0,
+            },
+            None => batch,
+        };
+        for (done, res) in batch {
+            let _ = done.send(res);
+        }
+    }
+}
+
 struct Writer {
     path: PathBuf,
     opts: Options,
@@ -224,7 +272,7 @@ struct Committed {
 const PENDING_KEEP_BYTES: usize = 1 << 20;
 
 impl Writer {
-    fn run(mut self, rx: mpsc::Receiver<Job>) {
+    fn run(mut self, rx: mpsc::Receiver<Job>, relay: Relay) {
         loop {
             let wait = if self.opts.signer.is_some() {
                 self.opts
@@ -280,6 +328,7 @@ impl Writer {
             // others once one fsync covered them all.
             let written = self.flush() && !self.batch_failed;
             let mut durable_waiters = Vec::new();
+            let mut answered = Vec::with_capacity(waiting.len());
             for (done, durable, res) in waiting {
                 let res = if written {
                     res
@@ -289,18 +338,22 @@ impl Writer {
                 if durable && res.is_ok() {
                     durable_waiters.push(done);
                 } else {
-                    let _ = done.send(res);
+                    answered.push((done, res));
                 }
             }
+            relay.deliver(answered);
             if !durable_waiters.is_empty() {
                 let res = if self.sync() {
                     Ok(())
                 } else {
                     Err(AuditError::Unavailable)
                 };
-                for done in durable_waiters {
-                    let _ = done.send(res.clone());
-                }
+                relay.deliver(
+                    durable_waiters
+                        .into_iter()
+                        .map(|done| (done, res.clone()))
+                        .collect(),
+                );
             }
             self.timed_checkpoint();
             self.maybe_rotate();
@@ -711,6 +764,50 @@ mod tests {
             "{:?}",
             v.repairs
         );
+    }
+
+    /// Answers go through a task on the runtime the log was opened on;
+    /// without one, or once that runtime is gone, the writer answers
+    /// directly. No request is left waiting either way.
+    #[test]
+    fn every_append_is_answered_with_or_without_the_relay_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        let append = |rt: &tokio::runtime::Runtime, log: &AuditLog| {
+            rt.block_on(async {
+                let a = log.append(Record::new(Phase::Attempt), true);
+                let b = log.append(Record::new(Phase::Outcome), false);
+                let (a, b) = tokio::join!(a, b);
+                a.and(b)
+            })
+        };
+        // Opened on a runtime: the relay answers.
+        let first = rt();
+        let log = first
+            .block_on(async { AuditLog::open(dir.path().join("a.jsonl"), Options::default()) });
+        assert!(log.is_available());
+        assert!(append(&first, &log).is_ok());
+        // That runtime shuts down, and its relay task with it: answered
+        // directly, awaited on another runtime.
+        drop(first);
+        assert!(append(&rt(), &log).is_ok());
+        // Opened with no runtime at all.
+        let bare = AuditLog::open(dir.path().join("b.jsonl"), Options::default());
+        assert!(append(&rt(), &bare).is_ok());
+        drop((log, bare));
+        for (file, n) in [("a.jsonl", 4), ("b.jsonl", 2)] {
+            let v = crate::audit::verify::verify(
+                &[dir.path().join(file)],
+                &crate::audit::verify::VerifyOptions::default(),
+            )
+            .unwrap();
+            assert_eq!(v.records, n, "{file}");
+        }
     }
 
     #[test]
