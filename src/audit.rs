@@ -163,8 +163,9 @@ impl Record {
 
 /// The key behind `token_fp` and `key_fp`, held as HMAC-SHA256 already
 /// keyed (the key's inner and outer blocks absorbed), so that each
-/// fingerprint hashes only its data. The key bytes themselves are
-/// zeroized once the state is built.
+/// fingerprint hashes only its data. That state is as sensitive as the key
+/// and, like the key before it, lives as long as the process and prints
+/// nothing; the raw key bytes are zeroized once it is built.
 #[derive(Clone)]
 pub struct HmacKey(Hmac<Sha256>);
 
