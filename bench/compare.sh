@@ -3,7 +3,9 @@
 # machine's noise in closed-loop runs (+/-15 % between runs):
 #   1. instructions per request under callgrind (valgrind): exact and
 #      repeatable, user space only, all threads; a copy or fill counts per
-#      byte moved, so it overstates what copies cost in time;
+#      byte moved, so it overstates what copies cost in time, and SHA-256
+#      runs in software (valgrind's CPU hides the SHA extensions the real
+#      run uses), so hashing is about half of the count;
 #   2. pairs at a fixed rate (oha, open loop): user and system CPU per
 #      request from /proc, A and B alternating, each pair's difference;
 #   3. the same pairs in closed loop (wrk -t2 -c32).
