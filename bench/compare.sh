@@ -65,7 +65,7 @@ echo "instructions per request (callgrind, $CALLS requests after 300 of warm-up,
 for v in A B; do
   bin=${v}_BIN; P=$(port); AP=$(port)
   gateway_conf "$W/cg-$v.toml" "$P" "$AP" "cg-$v"
-  taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$W/cg-$v.out" \
+  taskset -c 0 valgrind --tool=callgrind --trace-children=yes --callgrind-out-file="$W/cg-$v.out" \
     "${!bin}" serve --config "$W/cg-$v.toml" 2>"$W/cg-$v.log" & vp=$!; PIDS+=($vp)
   wait_port "$P" || { echo "gateway $v under valgrind did not start" >&2; tail "$W/cg-$v.log" >&2; exit 1; }
   url="http://127.0.0.1:$P/2.8/campaigns/delete"
