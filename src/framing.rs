@@ -179,55 +179,73 @@ fn chunk_size(line: &[u8]) -> State {
 /// Looks at one request head; renames ambiguous `Content-Length` headers;
 /// says how the body that follows is framed.
 fn inspect(head: &mut [u8]) -> State {
-    let mut te: Vec<Vec<u8>> = Vec::new();
-    let mut cl: Vec<(usize, Vec<u8>)> = Vec::new();
-    let mut start = 0;
-    let mut first = true;
-    while start < head.len() {
-        let end = find(&head[start..], b"\r\n").map_or(head.len(), |p| start + p);
-        let line = &head[start..end];
-        if !first
-            && !line.is_empty()
-            && let Some(colon) = line.iter().position(|b| *b == b':')
-        {
-            let name = &line[..colon];
-            let value = line[colon + 1..].trim_ascii().to_vec();
-            if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                te.push(value);
-            } else if name.eq_ignore_ascii_case(b"content-length") {
-                cl.push((start, value));
+    // One pass decides; nothing is copied or allocated. Of the
+    // Transfer-Encoding headers the last one counts; of the Content-Length
+    // headers, the first.
+    let mut te: Option<bool> = None; // the last one's final coding is chunked
+    let mut cl: Option<State> = None;
+    for (_, name, value) in header_lines(head) {
+        if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            te = Some(
+                value
+                    .rsplit(|b| *b == b',')
+                    .next()
+                    .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked")),
+            );
+        } else if cl.is_none() && name.eq_ignore_ascii_case(b"content-length") {
+            cl = Some(
+                match std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|s| s.parse::<u64>().ok())
+                {
+                    Some(0) => State::Head,
+                    Some(n) => State::Fixed(n),
+                    None => State::Off,
+                },
+            );
+        }
+    }
+    if te.is_some() && cl.is_some() {
+        // Rare (and refused): a second pass renames every Content-Length.
+        let mut at = Vec::new();
+        for (start, name, _) in header_lines(head) {
+            if name.eq_ignore_ascii_case(b"content-length") {
+                at.push(start);
             }
         }
-        first = false;
-        start = end + 2;
-    }
-    if !te.is_empty() && !cl.is_empty() {
-        for (at, _) in &cl {
-            head[*at..*at + AMBIGUOUS_HEADER.len()].copy_from_slice(AMBIGUOUS_HEADER.as_bytes());
+        for start in at {
+            head[start..start + AMBIGUOUS_HEADER.len()]
+                .copy_from_slice(AMBIGUOUS_HEADER.as_bytes());
         }
     }
-    if let Some(last) = te.last() {
-        let chunked = last
-            .rsplit(|b| *b == b',')
-            .next()
-            .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        return if chunked {
-            State::ChunkSize
-        } else {
-            State::Off
-        };
+    match (te, cl) {
+        (Some(true), _) => State::ChunkSize,
+        (Some(false), _) => State::Off,
+        (None, None) => State::Head,
+        (None, Some(state)) => state,
     }
-    match cl.first() {
-        None => State::Head,
-        Some((_, v)) => match std::str::from_utf8(v)
-            .ok()
-            .and_then(|s| s.parse::<u64>().ok())
-        {
-            Some(0) => State::Head,
-            Some(n) => State::Fixed(n),
-            None => State::Off,
-        },
-    }
+}
+
+/// The header lines of a request head (the request line skipped): where
+/// each starts, its name, and its value without surrounding whitespace.
+/// Lines without a colon are skipped.
+fn header_lines(head: &[u8]) -> impl Iterator<Item = (usize, &[u8], &[u8])> {
+    let mut start = 0;
+    let mut first = true;
+    std::iter::from_fn(move || {
+        while start < head.len() {
+            let end = find(&head[start..], b"\r\n").map_or(head.len(), |p| start + p);
+            let (at, line) = (start, &head[start..end]);
+            start = end + 2;
+            if std::mem::take(&mut first) || line.is_empty() {
+                continue;
+            }
+            if let Some(colon) = line.iter().position(|b| *b == b':') {
+                return Some((at, &line[..colon], line[colon + 1..].trim_ascii()));
+            }
+        }
+        None
+    })
 }
 
 /// A connection whose reads pass through a [`Tracker`].
@@ -369,6 +387,38 @@ mod tests {
         for k in 0..=all.len() {
             assert_eq!(run(&[&all[..k], &all[k..]]), bytewise, "split at {k}");
         }
+    }
+
+    /// Of several Transfer-Encodings the last decides, of several
+    /// Content-Lengths the first; with both, every Content-Length is
+    /// renamed. The request line is never read as a header.
+    #[test]
+    fn the_last_transfer_encoding_and_the_first_content_length_decide() {
+        let state = |h: &str| {
+            let mut b = h.as_bytes().to_vec();
+            let s = inspect(&mut b);
+            (s, String::from_utf8(b).unwrap())
+        };
+        let (s, out) = state(
+            "POST http://h:1/x HTTP/1.1\r\nTransfer-Encoding: gzip\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\ncontent-length:7\r\n\r\n",
+        );
+        assert_eq!(s, State::ChunkSize);
+        assert_eq!(out.matches(AMBIGUOUS_HEADER).count(), 2, "{out}");
+        assert!(
+            !out.to_ascii_lowercase().contains("content-length"),
+            "{out}"
+        );
+        let (s, _) = state("POST /x HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n");
+        assert_eq!(s, State::Off);
+        let (s, out) = state("POST /x HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\n");
+        assert_eq!(
+            (s, out.contains(AMBIGUOUS_HEADER)),
+            (State::Fixed(5), false)
+        );
+        let (s, _) = state("POST /x:1 HTTP/1.1\r\nContent-Length: 0\r\nno colon here\r\n\r\n");
+        assert_eq!(s, State::Head);
+        let (s, _) = state("POST /x HTTP/1.1\r\nContent-Length: x\r\n\r\n");
+        assert_eq!(s, State::Off);
     }
 
     #[test]
