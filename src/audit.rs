@@ -215,7 +215,7 @@ impl HmacKey {
     pub fn fingerprint(&self, data: &[u8]) -> String {
         let mut mac = self.0.clone();
         mac.update(data);
-        lower_hex(&mac.finalize().into_bytes()[..8])
+        hex::encode(&mac.finalize().into_bytes()[..8])
     }
 }
 
@@ -263,17 +263,6 @@ pub fn check_writable(path: &Path) -> std::io::Result<()> {
         }
         Ok(())
     }
-}
-
-/// Lowercase hex of `bytes` (fingerprints, hash-chain links).
-pub fn lower_hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
-    out
 }
 
 /// `s` cut to at most `max_chars` characters: what audit records keep of
@@ -339,13 +328,6 @@ fn slow_rfc3339_millis(t: time::OffsetDateTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn lower_hex_matches_the_hex_crate() {
-        let all: Vec<u8> = (0..=255).collect();
-        assert_eq!(lower_hex(&all), hex::encode(&all));
-        assert_eq!(lower_hex(&[]), "");
-    }
 
     #[test]
     fn timestamps_match_the_general_formatter() {

@@ -514,7 +514,7 @@ impl Writer {
             self.prev = rec.prev;
             return Err(AuditError::Unavailable);
         }
-        self.prev = crate::audit::lower_hex(&Sha256::digest(&self.pending[start..]));
+        self.prev = hex::encode(Sha256::digest(&self.pending[start..]));
         self.pending.push(b'\n');
         self.seq += 1;
         self.file_len += (self.pending.len() - start) as u64;
