@@ -543,7 +543,7 @@ fn serve(a: ServeArgs) -> ExitCode {
             listen = %listeners.data_addr().map(|a| a.to_string()).unwrap_or_default(),
             admin = %listeners.admin_addr().map(|a| a.to_string()).unwrap_or_default(),
             cpus,
-            runtime = runtime_name(cpus),
+            runtime = runtime_name(&tokio::runtime::Handle::current()),
             "batch-gateway serving"
         );
         if let Some(setup) = dev {
@@ -626,11 +626,11 @@ pub fn serve_runtime(cpus: usize) -> std::io::Result<tokio::runtime::Runtime> {
     }
 }
 
-fn runtime_name(cpus: usize) -> &'static str {
-    if cpus <= 1 {
-        "current_thread"
-    } else {
-        "multi_thread"
+/// What the start-up log calls the runtime, read from the runtime itself.
+fn runtime_name(rt: &tokio::runtime::Handle) -> &'static str {
+    match rt.runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::CurrentThread => "current_thread",
+        _ => "multi_thread",
     }
 }
 
@@ -643,10 +643,10 @@ mod tests {
     fn one_cpu_gets_a_current_thread_runtime_and_more_a_worker_each() {
         let one = serve_runtime(1).unwrap();
         assert_eq!(one.handle().runtime_flavor(), RuntimeFlavor::CurrentThread);
-        assert_eq!(runtime_name(1), "current_thread");
+        assert_eq!(runtime_name(one.handle()), "current_thread");
         let two = serve_runtime(2).unwrap();
         assert_eq!(two.handle().runtime_flavor(), RuntimeFlavor::MultiThread);
         assert_eq!(two.metrics().num_workers(), 2);
-        assert_eq!(runtime_name(2), "multi_thread");
+        assert_eq!(runtime_name(two.handle()), "multi_thread");
     }
 }
