@@ -40,7 +40,6 @@ fi
 TOKEN=$("$A_BIN" token mint --alg "$ALG" --key "$W/idp.key" --iss https://idp.bench --sub bench --team bench --ttl-s 3500)
 taskset -c 1 nginx -c "$W/stub/nginx.conf" & PIDS+=($!)
 
-wait_port() { for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 wait_port "$STUB"
 HZ=$(getconf CLK_TCK)
 ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }

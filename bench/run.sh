@@ -69,9 +69,7 @@ mint_single() { # count file
 taskset -c 1 nginx -c "$W/stub/nginx.conf" & PIDS+=($!)
 taskset -c 0 nginx -c "$W/proxy/nginx.conf" & PIDS+=($!)
 taskset -c 0 "$GW" serve --config "$W/gateway.toml" 2>"$W/gateway.log" & GW_PID=$!; PIDS+=($GW_PID)
-for p in $STUB $NGX $GWP; do
-  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
-done
+for p in $STUB $NGX $GWP; do wait_port "$p" 100 || true; done
 NGX_WORKER=$(pgrep -P "$(cat "$W/proxy/nginx.pid")" | head -1)
 
 post_lua

@@ -21,6 +21,8 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# Waits until 127.0.0.1:PORT accepts, up to TRIES x 0.1 s (default 300).
+wait_port() { for _ in $(seq "${2:-300}"); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 STUB=$(port)
 
 # --- TLS for the stub ------------------------------------------------------
