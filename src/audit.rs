@@ -1,11 +1,12 @@
 //! Steps 7 and 9 (and every denial): the audit trail.
 //!
 //! Records are typed data serialized by serde, one JSON object per line,
-//! chained by `prev` = SHA-256 of the previous line. One writer thread owns
-//! the file: requests hand it records and wait for their turn; records that
+//! chained by `prev` = SHA-256 of the previous line. Requests write their
+//! records under one lock, a turn's records in one `write`; records that
 //! must be durable (the `attempt` before anything goes upstream) are waited
-//! for until `fsync` returned, and one `fsync` covers every record queued
-//! at that moment. Diagnostics (`tracing`) never share this sink.
+//! for until a syncer thread's `fsync` returned, and one `fsync` covers
+//! every record written before it began. Diagnostics (`tracing`) never
+//! share this sink.
 
 pub mod report;
 pub mod verify;

@@ -1,7 +1,12 @@
-//! The one writer of the audit file: a thread that owns it.
+//! The writer of the audit file.
 //!
-//! Requests queue records; the thread writes everything queued, and one
-//! `fsync` covers every durable record of the batch (group commit). It
+//! Requests write their own records, under one lock: the first request to
+//! append in a turn of the runtime yields once and then chains and writes
+//! every record queued in that turn in one `write`. A syncer thread makes
+//! them durable: one `fsync` covers every durable record written before it
+//! started (group commit), while requests go on writing; the requests it
+//! covered are answered together. A record that need not be durable (an
+//! `outcome`, a `denied`) never waits behind an `fsync`. The writer
 //! continues the chain from the file's last line at start, seals a torn
 //! last line with a `repair` record, notices a live file that was removed
 //! or replaced (and says so in a `repair` record in the new one), rotates by
@@ -12,9 +17,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -93,21 +97,72 @@ type Done = oneshot::Sender<Result<(), AuditError>>;
 /// Requests' channels, each with its answer.
 type Answers = Vec<(Done, Result<(), AuditError>)>;
 
-enum Job {
-    Append {
-        record: Box<Record>,
-        durable: bool,
-        done: Done,
-    },
-    Probe(oneshot::Sender<bool>),
-    Checkpoint(oneshot::Sender<bool>),
-}
-
-/// Handle to the audit writer. Cheap to clone.
+/// Handle to the audit log. Cheap to clone; when the last clone is dropped
+/// the syncer writes a final checkpoint and stops.
 #[derive(Clone)]
 pub struct AuditLog {
-    tx: mpsc::Sender<Job>,
+    handle: Arc<Handle>,
+}
+
+struct Handle(Arc<Shared>);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.0.lock().closing = true;
+        self.0.wake.notify_one();
+    }
+}
+
+/// The writer's state, shared by the requests (which append under the
+/// lock) and the syncer thread (which makes appended records durable).
+struct Shared {
+    writer: Mutex<Writer>,
+    /// The syncer sleeps here until there is something to sync or settle.
+    wake: Condvar,
     available: Arc<AtomicBool>,
+}
+
+impl Shared {
+    /// No code under this lock is expected to panic; should some ever
+    /// do, the next caller takes the state as it is rather than panicking
+    /// in turn: the request path never panics.
+    fn lock(&self) -> MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` under the lock and wakes the syncer when `f` left it work.
+    fn with<R>(&self, f: impl FnOnce(&mut Writer) -> R) -> R {
+        let mut w = self.lock();
+        let out = f(&mut w);
+        let wake = w.syncer_idle && w.has_work();
+        if wake {
+            w.syncer_idle = false;
+        }
+        drop(w);
+        if wake {
+            self.wake.notify_one();
+        }
+        out
+    }
+}
+
+/// A record waiting for the turn's write.
+struct Queued {
+    record: Record,
+    durable: bool,
+    done: Done,
+}
+
+/// Writes the queued records when dropped: after the leading request's
+/// yield, or instead of it when that request is dropped.
+struct WriteQueue<'a>(&'a Shared);
+
+impl Drop for WriteQueue<'_> {
+    fn drop(&mut self) {
+        for (done, res) in self.0.with(Writer::write_queue) {
+            let _ = done.send(res);
+        }
+    }
 }
 
 impl AuditLog {
@@ -116,7 +171,6 @@ impl AuditLog {
     /// unavailable and retries on each request.
     pub fn open(path: PathBuf, opts: Options) -> Self {
         let available = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = mpsc::channel::<Job>();
         let mut writer = Writer {
             path,
             opts,
@@ -135,22 +189,45 @@ impl AuditLog {
                 prev: ZERO_HASH.to_string(),
                 ..Committed::default()
             },
+            queue: Vec::new(),
+            write_scheduled: false,
             batch_failed: false,
+            waiters: Vec::new(),
+            settled: Vec::new(),
+            syncer_idle: false,
+            syncer_running: true,
+            closing: false,
+            rotate: false,
         };
         writer.ensure_open();
+        let shared = Arc::new(Shared {
+            writer: Mutex::new(writer),
+            wake: Condvar::new(),
+            available,
+        });
         let relay = Relay::start();
+        let syncer = shared.clone();
         let spawned = std::thread::Builder::new()
-            .name("audit-writer".into())
-            .spawn(move || writer.run(rx, relay));
+            .name("audit-syncer".into())
+            .spawn(move || sync_loop(&syncer, &relay));
         if spawned.is_err() {
-            tracing::error!("cannot start the audit writer thread");
-            available.store(false, Ordering::SeqCst);
+            // Nothing could ever make a record durable: refuse everything.
+            tracing::error!("cannot start the audit syncer thread");
+            let mut w = shared.lock();
+            w.syncer_running = false;
+            w.available.store(false, Ordering::SeqCst);
         }
-        AuditLog { tx, available }
+        AuditLog {
+            handle: Arc::new(Handle(shared)),
+        }
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.handle.0
     }
 
     pub fn is_available(&self) -> bool {
-        self.available.load(Ordering::SeqCst)
+        self.shared().available.load(Ordering::SeqCst)
     }
 
     /// Tries to (re)open the audit file; true when it can be written.
@@ -158,45 +235,129 @@ impl AuditLog {
         if self.is_available() {
             return true;
         }
-        let (tx, rx) = oneshot::channel();
-        if self.tx.send(Job::Probe(tx)).is_err() {
-            return false;
-        }
-        rx.await.unwrap_or(false)
+        self.shared().with(|w| {
+            if !w.syncer_running {
+                return false;
+            }
+            w.ensure_open();
+            w.file.is_some()
+        })
     }
 
-    /// Appends `record`; with `durable`, returns only after `fsync`.
+    /// Appends `record`: chained and written to the file before this
+    /// returns; with `durable`, answered only once an `fsync` covered it.
+    ///
+    /// The first request to append in a turn of the runtime writes for
+    /// everyone: it yields once, so that the requests ready in the same
+    /// turn add their records, and then writes them all in one `write`.
     pub async fn append(&self, record: Record, durable: bool) -> Result<(), AuditError> {
-        let (done, rx) = oneshot::channel();
-        self.tx
-            .send(Job::Append {
-                record: Box::new(record),
+        let (done, answer) = oneshot::channel();
+        let lead = self.shared().with(|w| {
+            if !w.syncer_running {
+                return Err(AuditError::Unavailable);
+            }
+            w.queue.push(Queued {
+                record,
                 durable,
                 done,
-            })
-            .map_err(|_| AuditError::Unavailable)?;
-        rx.await.unwrap_or(Err(AuditError::Unavailable))
+            });
+            Ok(!std::mem::replace(&mut w.write_scheduled, true))
+        })?;
+        if lead {
+            // Should this request be dropped while it yields, the guard
+            // writes the queue then: nobody is left waiting on it.
+            let writes = WriteQueue(self.shared());
+            tokio::task::yield_now().await;
+            drop(writes);
+        }
+        answer.await.unwrap_or(Err(AuditError::Unavailable))
     }
 
     /// Writes a signed checkpoint now (at shutdown), if a signing key is
     /// configured and records were written since the last one.
     pub async fn checkpoint(&self) -> bool {
-        let (tx, rx) = oneshot::channel();
-        if self.tx.send(Job::Checkpoint(tx)).is_err() {
-            return false;
-        }
-        rx.await.unwrap_or(false)
+        self.shared().with(Writer::checkpoint_now)
     }
 }
 
-/// How the writer answers the requests of a batch: all of them in one
-/// hand-over to a task on the runtime, which completes each request's
-/// channel there. Completing them from the writer thread wakes the
-/// runtime once per request (on a current-thread runtime, each one an
-/// `eventfd` write and a return from `epoll_wait`); this wakes it once per
-/// batch. Without a runtime (or once it is gone) they are completed
-/// directly. On a current-thread runtime the relay runs only while that
-/// runtime is driven: the log belongs to the runtime that serves with it.
+/// The syncer: one `fsync` covers every durable record written before it
+/// started (group commit), while requests go on appending; then the
+/// waiting requests are answered, all at once. It also answers requests
+/// settled by a file switch or failure, rotates, and writes timed
+/// checkpoints.
+fn sync_loop(shared: &Shared, relay: &Relay) {
+    let mut w = shared.lock();
+    loop {
+        if !w.settled.is_empty() {
+            let answers = std::mem::take(&mut w.settled);
+            drop(w);
+            relay.deliver(answers);
+            w = shared.lock();
+            continue;
+        }
+        if !w.waiters.is_empty() {
+            let n = w.waiters.len().min(w.opts.max_batch.max(1));
+            let round: Vec<Done> = w.waiters.drain(..n).collect();
+            let file = w.file.clone();
+            drop(w);
+            let synced = file.as_ref().map(|f| f.sync_data());
+            w = shared.lock();
+            let res = match synced {
+                Some(Ok(())) => Ok(()),
+                Some(Err(e)) => {
+                    // Only the live file's failure makes the log
+                    // unavailable; a file already switched away from was
+                    // synced when it was switched.
+                    if let (Some(live), Some(f)) = (&w.file, &file)
+                        && Arc::ptr_eq(live, f)
+                    {
+                        w.fail("fsync", &e);
+                    }
+                    Err(AuditError::Unavailable)
+                }
+                None => Err(AuditError::Unavailable),
+            };
+            w.maintain();
+            drop(w);
+            relay.deliver(round.into_iter().map(|d| (d, res.clone())).collect());
+            w = shared.lock();
+            continue;
+        }
+        if w.closing {
+            w.checkpoint_now();
+            let answers = std::mem::take(&mut w.settled);
+            drop(w);
+            relay.deliver(answers);
+            return;
+        }
+        w.maintain();
+        if w.has_work() {
+            continue;
+        }
+        let wait = if w.opts.signer.is_some() {
+            w.opts
+                .checkpoint_interval
+                .saturating_sub(w.last_checkpoint.elapsed())
+        } else {
+            Duration::from_secs(3600)
+        };
+        w.syncer_idle = true;
+        w = match shared.wake.wait_timeout(w, wait) {
+            Ok((g, _)) => g,
+            Err(poisoned) => poisoned.into_inner().0,
+        };
+        w.syncer_idle = false;
+    }
+}
+
+/// How the syncer answers the requests of a round: all of them in one
+/// wake-up of the runtime they wait on. Completing each request's channel
+/// from the syncer thread would wake a current-thread runtime once per
+/// request (each one an `eventfd` write and a return from `epoll_wait`);
+/// this wakes it once per round. Without a runtime (or once it is gone)
+/// they are completed directly. On a current-thread runtime the relay runs
+/// only while that runtime is driven: the log belongs to the runtime that
+/// serves with it.
 struct Relay(Option<tokio::sync::mpsc::UnboundedSender<Answers>>);
 
 impl Relay {
@@ -235,7 +396,8 @@ impl Relay {
 struct Writer {
     path: PathBuf,
     opts: Options,
-    file: Option<File>,
+    /// Shared with the syncer while it runs an `fsync` outside the lock.
+    file: Option<Arc<File>>,
     /// (device, inode) of the open file, to notice it being replaced.
     identity: Option<(u64, u64)>,
     file_len: u64,
@@ -252,10 +414,29 @@ struct Writer {
     /// `write`.
     pending: Vec<u8>,
     /// The chain state as of the last line that reached the file; restored
-    /// when a buffered batch cannot be written.
+    /// when a line cannot be written.
     committed: Committed,
+    /// Records appended in this turn of the runtime, not yet chained.
+    queue: Vec<Queued>,
+    /// A request will write the queue once the turn's others had theirs
+    /// added.
+    write_scheduled: bool,
     /// A write failed during the current batch.
     batch_failed: bool,
+    /// Requests whose durable records are in the live file, waiting for an
+    /// `fsync`, oldest first.
+    waiters: Vec<Done>,
+    /// Requests answered by a file switch or failure, for the syncer to
+    /// deliver.
+    settled: Answers,
+    /// The syncer is asleep and must be woken for new work.
+    syncer_idle: bool,
+    /// False when no syncer thread could be started.
+    syncer_running: bool,
+    /// Every handle is gone: checkpoint and stop.
+    closing: bool,
+    /// The live file reached `rotate_bytes`: the syncer rotates it.
+    rotate: bool,
 }
 
 /// Where the chain stood after the last successful write.
@@ -272,92 +453,62 @@ struct Committed {
 const PENDING_KEEP_BYTES: usize = 1 << 20;
 
 impl Writer {
-    fn run(mut self, rx: mpsc::Receiver<Job>, relay: Relay) {
-        loop {
-            let wait = if self.opts.signer.is_some() {
-                self.opts
-                    .checkpoint_interval
-                    .saturating_sub(self.last_checkpoint.elapsed())
-            } else {
-                Duration::from_secs(3600)
-            };
-            let first = match rx.recv_timeout(wait) {
-                Ok(job) => job,
-                Err(RecvTimeoutError::Timeout) => {
-                    self.timed_checkpoint();
-                    continue;
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    self.checkpoint_now();
-                    return;
-                }
-            };
-            // Group commit: take everything already queued, write it, and
-            // let one fsync cover all of it.
-            let mut batch = vec![first];
-            while batch.len() < self.opts.max_batch.max(1) {
-                match rx.try_recv() {
-                    Ok(more) => batch.push(more),
-                    Err(_) => break,
-                }
-            }
-            self.check_identity();
-            self.ensure_open();
-            self.batch_failed = false;
-            let mut waiting = Vec::new();
-            for job in batch {
-                match job {
-                    Job::Probe(tx) => {
-                        let _ = tx.send(self.file.is_some());
-                    }
-                    Job::Checkpoint(tx) => {
-                        let _ = tx.send(self.checkpoint_now());
-                    }
-                    Job::Append {
-                        record,
-                        durable,
-                        done,
-                    } => {
-                        let res = self.write(*record);
-                        waiting.push((done, durable, res));
-                    }
-                }
-            }
-            // One write for the whole batch. Records that need not be
-            // durable are answered as soon as they are in the file; the
-            // others once one fsync covered them all.
-            let written = self.flush() && !self.batch_failed;
-            let mut durable_waiters = Vec::new();
-            let mut answered = Vec::with_capacity(waiting.len());
-            for (done, durable, res) in waiting {
-                let res = if written {
-                    res
-                } else {
-                    Err(AuditError::Unavailable)
-                };
-                if durable && res.is_ok() {
-                    durable_waiters.push(done);
-                } else {
-                    answered.push((done, res));
-                }
-            }
-            relay.deliver(answered);
-            if !durable_waiters.is_empty() {
-                let res = if self.sync() {
-                    Ok(())
-                } else {
-                    Err(AuditError::Unavailable)
-                };
-                relay.deliver(
-                    durable_waiters
-                        .into_iter()
-                        .map(|done| (done, res.clone()))
-                        .collect(),
-                );
-            }
-            self.timed_checkpoint();
-            self.maybe_rotate();
+    fn has_work(&self) -> bool {
+        !self.waiters.is_empty() || !self.settled.is_empty() || self.closing || self.rotate
+    }
+
+    /// Answers every waiting request with `res`: their records' file was
+    /// synced (or failed) as it was switched away from.
+    fn settle(&mut self, res: Result<(), AuditError>) {
+        let waiters = std::mem::take(&mut self.waiters);
+        self.settled
+            .extend(waiters.into_iter().map(|d| (d, res.clone())));
+    }
+
+    /// The syncer's chores between rounds.
+    fn maintain(&mut self) {
+        self.timed_checkpoint();
+        self.maybe_rotate();
+    }
+
+    /// Chains the queued records and writes them in one go. Records that
+    /// need not be durable are answered (returned) as soon as they are in
+    /// the file; the others wait for the syncer's next `fsync`.
+    fn write_queue(&mut self) -> Answers {
+        self.write_scheduled = false;
+        let queue = std::mem::take(&mut self.queue);
+        if queue.is_empty() {
+            return Vec::new();
         }
+        self.check_identity();
+        self.ensure_open();
+        self.batch_failed = false;
+        let results: Vec<_> = queue
+            .into_iter()
+            .map(|q| (q.done, q.durable, self.write(q.record)))
+            .collect();
+        let written = self.flush() && !self.batch_failed;
+        // Rotating syncs the file, so it is the syncer's job; asked once
+        // per write past the limit, so a rename that keeps failing is
+        // retried, as before, without spinning.
+        self.rotate = self
+            .opts
+            .rotate_bytes
+            .is_some_and(|limit| self.file_len >= limit);
+        let mut answers = Vec::with_capacity(results.len());
+        for (done, durable, res) in results {
+            let res = if written {
+                res
+            } else {
+                Err(AuditError::Unavailable)
+            };
+            if durable && res.is_ok() {
+                self.waiters.push(done);
+            } else {
+                answers.push((done, res));
+            }
+        }
+        answers
     }
 
     fn fail(&mut self, what: &str, e: &std::io::Error) {
@@ -370,6 +521,7 @@ impl Writer {
         self.file = None;
         self.identity = None;
         self.roll_back();
+        self.settle(Err(AuditError::Unavailable));
     }
 
     /// What was only buffered never reached the file: the chain goes on
@@ -431,6 +583,12 @@ impl Writer {
             return;
         }
         tracing::error!(path = %self.path.display(), "the audit file was removed or replaced; continuing the chain in a new file");
+        // What was written to it still counts: make it durable before
+        // letting go of it.
+        if !self.sync() {
+            return;
+        }
+        self.settle(Ok(()));
         self.file = None;
         self.identity = None;
         self.ensure_open();
@@ -476,7 +634,7 @@ impl Writer {
         if !tail.torn.is_empty() {
             file.set_len(self.file_len)?;
             file.sync_data()?;
-            self.file = Some(file);
+            self.file = Some(Arc::new(file));
             let mut rec = Record::new(Phase::Repair);
             rec.reason = Some("torn_last_line".into());
             rec.found = Some(serde_json::json!({
@@ -495,7 +653,7 @@ impl Writer {
             );
             return Ok(());
         }
-        self.file = Some(file);
+        self.file = Some(Arc::new(file));
         Ok(())
     }
 
@@ -531,10 +689,11 @@ impl Writer {
         if self.pending.is_empty() {
             return true;
         }
-        let Some(file) = self.file.as_mut() else {
+        let Some(file) = self.file.as_deref() else {
             self.roll_back();
             return false;
         };
+        let mut file = file;
         if let Err(e) = file.write_all(&self.pending) {
             self.fail("write", &e);
             return false;
@@ -554,7 +713,7 @@ impl Writer {
         if !self.flush() {
             return false;
         }
-        let Some(file) = self.file.as_mut() else {
+        let Some(file) = self.file.as_deref() else {
             return false;
         };
         match file.sync_data() {
@@ -596,6 +755,7 @@ impl Writer {
     /// Past `rotate_bytes`: seal the file with a checkpoint, rename it
     /// `<file>.<first seq, 12 digits>`, start a new one, prune old ones.
     fn maybe_rotate(&mut self) {
+        self.rotate = false;
         let Some(limit) = self.opts.rotate_bytes else {
             return;
         };
@@ -603,6 +763,12 @@ impl Writer {
             return;
         }
         self.checkpoint_now();
+        // Records waiting for an fsync are in this file: sync it before
+        // it is renamed and let go of.
+        if !self.sync() {
+            return;
+        }
+        self.settle(Ok(()));
         let Some(first) = self.file_first_seq else {
             return;
         };
@@ -808,6 +974,82 @@ mod tests {
             .unwrap();
             assert_eq!(v.records, n, "{file}");
         }
+    }
+
+    /// The request that leads a turn's write may be dropped while it
+    /// yields (its client went away): the records queued behind it are
+    /// written all the same, and their requests answered.
+    #[tokio::test]
+    async fn a_dropped_leader_still_writes_the_turn_for_the_others() {
+        use std::future::Future;
+        use std::task::{Context, Waker};
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(dir.path().join("a.jsonl"), Options::default());
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut leader = Box::pin(log.append(Record::new(Phase::Denied), false));
+        assert!(
+            leader.as_mut().poll(&mut cx).is_pending(),
+            "the leader yields"
+        );
+        let mut follower = Box::pin(log.append(Record::new(Phase::Attempt), true));
+        assert!(follower.as_mut().poll(&mut cx).is_pending());
+        drop(leader);
+        let answered = tokio::time::timeout(Duration::from_secs(10), follower).await;
+        assert!(matches!(answered, Ok(Ok(()))), "{answered:?}");
+        // Both records reached the file, chained.
+        let v = crate::audit::verify::verify(
+            &[dir.path().join("a.jsonl")],
+            &crate::audit::verify::VerifyOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(v.records, 2);
+        // The next turn has a leader of its own.
+        log.append(Record::new(Phase::Denied), false).await.unwrap();
+    }
+
+    /// Requests on several worker threads append at once, durable and not:
+    /// every one is answered, each record is in the file exactly once, and
+    /// the chain holds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_appends_from_many_threads_form_one_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        let log = AuditLog::open(path.clone(), Options::default());
+        let tasks: Vec<_> = (0..400u64)
+            .map(|i| {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut rec = Record::new(if i % 2 == 0 {
+                        Phase::Attempt
+                    } else {
+                        Phase::Outcome
+                    });
+                    rec.request_id = Some(format!("r{i}").into());
+                    log.append(rec, i % 2 == 0).await
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        drop(log);
+        let v = crate::audit::verify::verify(
+            std::slice::from_ref(&path),
+            &crate::audit::verify::VerifyOptions::default(),
+        )
+        .unwrap();
+        assert_eq!((v.first_seq, v.last_seq), (Some(1), Some(400)));
+        let mut ids: Vec<String> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let r: serde_json::Value = serde_json::from_str(l).unwrap();
+                r["request_id"].as_str().unwrap().to_string()
+            })
+            .collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 400);
     }
 
     #[test]
