@@ -611,8 +611,8 @@ async fn shutdown_signal() {
 /// socket on the thread that runs `serve`, no work-stealing queues and no
 /// wake-ups passed between a worker and the thread that blocks on `serve`
 /// (linkerd2-proxy makes the same choice). With more, one worker per CPU.
-/// The audit writer and blocking file reads have threads of their own
-/// either way.
+/// The audit trail's fsyncs and blocking file reads have threads of their
+/// own either way.
 pub fn serve_runtime(cpus: usize) -> std::io::Result<tokio::runtime::Runtime> {
     if cpus <= 1 {
         tokio::runtime::Builder::new_current_thread()
