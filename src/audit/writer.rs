@@ -6,12 +6,12 @@
 //! them durable: one `fsync` covers every durable record written before it
 //! started (group commit), while requests go on writing; the requests it
 //! covered are answered together. A record that need not be durable (an
-//! `outcome`, a `denied`) never waits behind an `fsync`. The writer
-//! continues the chain from the file's last line at start, seals a torn
-//! last line with a `repair` record, notices a live file that was removed
-//! or replaced (and says so in a `repair` record in the new one), rotates by
-//! size, prunes old files, signs `checkpoint` records on an interval and at
-//! shutdown, and mirrors each line to stdout when asked.
+//! `outcome`, a `denied`) does not wait behind the syncer's `fsync`s. The
+//! writer continues the chain from the file's last line at start, seals a
+//! torn last line with a `repair` record, notices a live file that was
+//! removed or replaced (and says so in a `repair` record in the new one),
+//! rotates by size, prunes old files, signs `checkpoint` records on an
+//! interval and at shutdown, and mirrors each line to stdout when asked.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
