@@ -458,7 +458,7 @@ impl Writer {
     }
 
     /// Answers every waiting request with `res`: their records' file was
-    /// synced (or failed) as it was switched away from.
+    /// just synced under the lock, or failed.
     fn settle(&mut self, res: Result<(), AuditError>) {
         let waiters = std::mem::take(&mut self.waiters);
         self.settled
@@ -583,12 +583,11 @@ impl Writer {
             return;
         }
         tracing::error!(path = %self.path.display(), "the audit file was removed or replaced; continuing the chain in a new file");
-        // What was written to it still counts: make it durable before
-        // letting go of it.
+        // What was written to it still counts: make it durable (answering
+        // whoever waits on it) before letting go of it.
         if !self.sync() {
             return;
         }
-        self.settle(Ok(()));
         self.file = None;
         self.identity = None;
         self.ensure_open();
@@ -709,6 +708,9 @@ impl Writer {
         true
     }
 
+    /// Writes what is buffered and syncs the live file under the lock. The
+    /// requests waiting on that file's records are answered by it: ok when
+    /// it worked, refused (through [`fail`]) when it did not.
     fn sync(&mut self) -> bool {
         if !self.flush() {
             return false;
@@ -717,7 +719,10 @@ impl Writer {
             return false;
         };
         match file.sync_data() {
-            Ok(()) => true,
+            Ok(()) => {
+                self.settle(Ok(()));
+                true
+            }
             Err(e) => {
                 self.fail("fsync", &e);
                 false
@@ -763,12 +768,11 @@ impl Writer {
             return;
         }
         self.checkpoint_now();
-        // Records waiting for an fsync are in this file: sync it before
-        // it is renamed and let go of.
+        // Records waiting for an fsync are in this file: sync it (answering
+        // them) before it is renamed and let go of.
         if !self.sync() {
             return;
         }
-        self.settle(Ok(()));
         let Some(first) = self.file_first_seq else {
             return;
         };
