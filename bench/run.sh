@@ -133,6 +133,10 @@ closed() { # target rep
   p50=$(echo "$out" | awk '$1=="50%" {print $2}')
   p99=$(echo "$out" | awk '$1=="99%" {print $2}')
   non2xx=$(echo "$out" | awk '/Non-2xx/ {print $5}'); non2xx=${non2xx:-0}
+  # Requests that got no answer at all count as failures too (wrk prints
+  # this line only when there were some).
+  local sockerr; sockerr=$(echo "$out" | awk -F'[ ,]+' '/Socket errors/ {print $5+$7+$9+$11}')
+  non2xx=$((non2xx + ${sockerr:-0}))
   local cpu_us="-"
   [ -n "$pid" ] && cpu_us=$(python3 -c "print(round(($after-$before)/$HZ*1e6/max($reqs,1),1))")
   printf 'closed\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$2" "$rps" "$p50" "$p99" "$cpu_us" "$non2xx" >> "$RESULTS"
@@ -161,8 +165,8 @@ for rep in $(seq "$REPS"); do closed single "$rep"; done
 RSS_SINGLE_KB=$(awk '/VmHWM/ {print $2}' "/proc/$GW_PID/status")
 NGX_RSS_KB=$(awk '/VmHWM/ {print $2}' "/proc/$NGX_WORKER/status")
 
-python3 - "$RESULTS" "$RSS_KB" "$NGX_RSS_KB" "$RSS_SINGLE_KB" <<'PY'
-import statistics, sys
+python3 - "$RESULTS" "$RSS_KB" "$NGX_RSS_KB" "$RSS_SINGLE_KB" "$W/summary.json" <<'PY'
+import json, statistics, sys
 rows=[l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 def ms(v):
     v=v.strip()
@@ -173,6 +177,7 @@ print("\nclosed loop (wrk -t2 -c32): median [min-max] of the reps")
 print(f"{'target':8} {'req/s':>24} {'p50 ms':>8} {'p99 ms':>8} {'proxy CPU us/req':>17} {'non-2xx':>8}")
 med={}
 cpu_med={}
+summary={"non2xx": sum(int(x[-1]) for x in rows), "rss_mib": int(sys.argv[2])/1024, "open_p99_ms": {}}
 for t in ("direct","nginx","gateway","single"):
     r=[x for x in rows if x[0]=="closed" and x[1]==t]
     if not r: continue
@@ -197,10 +202,13 @@ if op:
             r=[x for x in op if x[0]==f"open@{rate}" and x[1]==t]
             if not r: continue
             m=lambda i: statistics.median([ms(x[i]) for x in r])
+            summary["open_p99_ms"][f"{t}@{rate}"]=m(5)
             print(f"{rate:6} {t:8} {statistics.median([float(x[3]) for x in r]):>8.0f} {m(4):>8.3f}ms {m(5):>8.3f}ms {m(6):>8.3f}ms {sum(int(x[7]) for x in r):>8}")
 print(f"\npeak RSS: gateway {int(sys.argv[2])/1024:.1f} MiB, nginx worker {int(sys.argv[3])/1024:.1f} MiB")
 print(f"peak RSS after the single-use runs: gateway {int(sys.argv[4])/1024:.1f} MiB "
       "(the replay memory keeps every accepted jti until its token expires)")
+summary.update(rps=med, cpu_us=cpu_med)
+json.dump(summary, open(sys.argv[5], "w"))
 PY
 if [ -f "$W/perf.data" ]; then
   echo; echo "profile of the gateway (last closed-loop rep), top symbols by self time:"
@@ -209,7 +217,37 @@ if [ -f "$W/perf.data" ]; then
 fi
 echo
 echo "audit fsync on this disk, same run: one fsync per record vs grouped (benches/audit_fsync.rs)"
-BENCH_DIR="$W" cargo bench --locked --quiet --bench audit_fsync 2>/dev/null | grep -v '^$' || echo "(audit_fsync bench failed)"
+FSYNC_OUT=$(BENCH_DIR="$W" cargo bench --locked --quiet --bench audit_fsync 2>/dev/null | grep -v '^$') \
+  || FSYNC_OUT="(audit_fsync bench failed)"
+echo "$FSYNC_OUT"
+FSYNC_P99_US=$(echo "$FSYNC_OUT" | awk '/^disk fsync p99 us:/ {print $5}')
 AUDIT_LINES=$(wc -l < "$W/audit/audit.jsonl")
 echo "audit records written: $AUDIT_LINES (fsynced attempts, grouped)"
 "$GW" audit verify "$W/audit/audit.jsonl" 2>&1 | head -3 || true
+
+# The issue's targets, each met or missed and by how much, from this run's
+# medians (docs/performance.md, "Against the targets", says where the
+# difference goes).
+python3 - "$W/summary.json" "${FSYNC_P99_US:-}" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1])); rps, cpu, p99 = s["rps"], s["cpu_us"], s["open_p99_ms"]
+def line(name, ok, got):
+    print(f"  {'met   ' if ok else 'MISSED'}  {name}: {got}")
+print("\ntargets (this run):")
+if "gateway" in rps and "nginx" in rps:
+    r = rps["gateway"] / rps["nginx"]
+    line("closed-loop throughput >= 1.0 x nginx", r >= 1.0, f"{r:.2f} x")
+if "gateway" in cpu and "nginx" in cpu:
+    d = cpu["gateway"] - cpu["nginx"]
+    line("proxy CPU per request <= nginx + 5 us", d <= 5,
+         f"{cpu['gateway']:.1f} against {cpu['nginx']:.1f} us ({d:+.1f} us)")
+if "gateway@5000" in p99 and "nginx@5000" in p99:
+    if sys.argv[2]:
+        allow = p99["nginx@5000"] + float(sys.argv[2]) / 1000
+        line("open-loop p99 at 5 000 req/s <= nginx p99 + disk fsync p99", p99["gateway@5000"] <= allow,
+             f"{p99['gateway@5000']:.2f} ms against {p99['nginx@5000']:.2f} + {float(sys.argv[2]) / 1000:.2f} ms")
+    else:
+        print("  ?       open-loop p99 at 5 000 req/s: no disk fsync p99 (the audit_fsync bench failed)")
+line("peak RSS under load <= 30 MiB", s["rss_mib"] <= 30, f"{s['rss_mib']:.1f} MiB")
+line("zero non-2xx answers", s["non2xx"] == 0, f"{s['non2xx']} non-2xx or unanswered")
+PY
