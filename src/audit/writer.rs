@@ -740,11 +740,10 @@ impl Writer {
         if self.pending.is_empty() {
             return true;
         }
-        let Some(file) = self.file.as_deref() else {
+        let Some(mut file) = self.file.as_deref() else {
             self.roll_back();
             return false;
         };
-        let mut file = file;
         if let Err(e) = file.write_all(&self.pending) {
             self.fail("write", &e);
             return false;
