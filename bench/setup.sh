@@ -72,6 +72,7 @@ esac
 openssl pkey -in "$W/idp.key" -pubout -out "$W/idp.pub.pem" 2>/dev/null
 openssl rand -hex 32 | tr -d '\n' > "$W/hmac.key"
 printf '["batch/bench"]\nrest_key = "%s"\nproject_key = "%s"\n' "$REST_KEY" "$PROJECT_KEY" > "$W/secrets.toml"
+chmod 600 "$W/hmac.key" "$W/secrets.toml" "$W/idp.key"
 gateway_conf() { # file listen-port admin-port audit-folder
   cat > "$1" <<CONF
 [server]

@@ -20,6 +20,11 @@ pub async fn handle<B>(app: Arc<App>, req: Request<B>) -> Response<Full<Bytes>> 
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => readyz(&app).await,
         "/metrics" => {
+            let (over, bytes) = app.audit.budget_state();
+            app.metrics.audit_over_budget.set(i64::from(over));
+            app.metrics
+                .audit_bytes
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
             let mut r = text(StatusCode::OK, &app.metrics.encode());
             r.headers_mut().insert(
                 header::CONTENT_TYPE,

@@ -8,6 +8,7 @@
 //! every record written before it began. Diagnostics (`tracing`) never
 //! share this sink.
 
+pub mod lines;
 pub mod report;
 pub mod verify;
 mod writer;
@@ -35,6 +36,13 @@ pub enum Phase {
     Outcome,
     Repair,
     Checkpoint,
+    /// Denials of requests without a verified token past the per-second
+    /// budget, counted.
+    Summary,
+    /// The first record of a file a rotation opened.
+    Rotate,
+    /// Rotated files removed by retention, accounted for.
+    Prune,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -57,6 +65,10 @@ pub struct Caller {
     /// The token was single-use and its `jti` is spent by this request.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub single_use: Option<bool>,
+    /// On single-use tokens: the token's `exp`, so that a restart holds
+    /// its `jti` exactly as long as the running gateway did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exp: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -122,10 +134,52 @@ pub struct Record {
     /// On `checkpoint` records: the hash of the record before it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub head: Option<String>,
-    /// On `checkpoint` records: Ed25519 over `head`'s ASCII, base64url.
+    /// On `checkpoint` records: Ed25519 over [`checkpoint_message`],
+    /// base64url.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sig: Option<String>,
+    /// On `checkpoint` records: which bytes `sig` covers (2: seq, ts and
+    /// head; absent on checkpoints written before, which signed `head`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sig_format: Option<u32>,
+    /// On `rotate` records: the rotated file this one continues.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub follows: Option<String>,
+    /// On `prune` records: each removed file, its seq range and the hash
+    /// of its last line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub removed: Option<serde_json::Value>,
+    /// On `rotate` and `prune` records: every record up to `seq` was
+    /// removed by retention, the last of them hashing to `hash`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pruned_through: Option<PrunedThrough>,
+    /// On `summary` records: denials counted, not recorded one by one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by_reason: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by_client_addr: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window_start: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window_end: Option<String>,
     pub prev: String,
+}
+
+/// How far retention removed the start of the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct PrunedThrough {
+    pub seq: u64,
+    pub hash: String,
+}
+
+/// The bytes a checkpoint's `sig` covers (`sig_format` 2): its `seq`, its
+/// `ts` and its `head`, each on a line of its own after a fixed label, so
+/// that a signature can be moved neither to another place in the chain
+/// nor to another time.
+pub fn checkpoint_message(seq: u64, ts: &str, head: &str) -> Vec<u8> {
+    format!("batch-gateway audit checkpoint v2\n{seq}\n{ts}\n{head}").into_bytes()
 }
 
 impl Record {
@@ -157,6 +211,15 @@ impl Record {
             found: None,
             head: None,
             sig: None,
+            sig_format: None,
+            follows: None,
+            removed: None,
+            pruned_through: None,
+            count: None,
+            by_reason: None,
+            by_client_addr: None,
+            window_start: None,
+            window_end: None,
             prev: String::new(),
         }
     }
@@ -266,16 +329,64 @@ pub fn check_writable(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// `s` cut to at most `max_chars` characters: what audit records keep of
-/// caller- or Batch-chosen text. Borrowed, not copied.
+/// `s` cut to at most `max_chars` characters, and to at most twice that
+/// many bytes once written as a JSON string (escapes and multi-byte
+/// characters included): what audit records keep of caller- or
+/// Batch-chosen text, so that the size of a record is bounded whatever
+/// the text. Borrowed, not copied.
 pub fn bounded(s: &str, max_chars: usize) -> &str {
-    if s.len() <= max_chars {
-        return s; // no more bytes, so no more characters
+    let max_bytes = max_chars.saturating_mul(2);
+    if s.len() <= max_chars && !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        return s; // plain ASCII within the limit: written as it is
     }
-    match s.char_indices().nth(max_chars) {
-        Some((end, _)) => &s[..end],
-        None => s,
+    let mut bytes = 0usize;
+    for (n, (i, c)) in s.char_indices().enumerate() {
+        bytes += json_len(c);
+        if n >= max_chars || bytes > max_bytes {
+            return &s[..i];
+        }
     }
+    s
+}
+
+/// Bytes `c` takes inside a JSON string as serde_json writes it.
+fn json_len(c: char) -> usize {
+    match c {
+        '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+        c if (c as u32) < 0x20 => 6,
+        c => c.len_utf8(),
+    }
+}
+
+/// `s` with every control character (C0, DEL, C1) and every bidirectional
+/// override written as an escape (`\u{1b}`), for output a person reads
+/// in a terminal or a page: a recorded string can never move the cursor,
+/// recolour the screen or reorder what is shown.
+pub fn escape_controls(s: &str) -> Cow<'_, str> {
+    fn risky(c: char) -> bool {
+        c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    }
+    if !s.chars().any(risky) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if risky(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// A parsed record's `ts` as unix seconds.
+pub fn record_unix_ts(rec: &serde_json::Value) -> Option<i64> {
+    let ts = rec.get("ts")?.as_str()?;
+    time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| t.unix_timestamp())
 }
 
 /// Now as RFC 3339 UTC with milliseconds, e.g. `2026-01-02T03:04:05.678Z`.
@@ -286,7 +397,7 @@ pub fn now_rfc3339() -> String {
 /// `t` (UTC) as `YYYY-MM-DDTHH:MM:SS.mmmZ`, written digit by digit: every
 /// record carries one, and the `time` crate's format interpreter showed in
 /// the profile.
-fn rfc3339_millis(t: time::OffsetDateTime) -> String {
+pub(crate) fn rfc3339_millis(t: time::OffsetDateTime) -> String {
     fn two(s: &mut String, v: u8) {
         s.push(char::from(b'0' + v / 10 % 10));
         s.push(char::from(b'0' + v % 10));

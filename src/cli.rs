@@ -131,7 +131,8 @@ struct VerifyArgs {
     /// Audit files, or folders holding them.
     #[arg(required = true)]
     paths: Vec<PathBuf>,
-    /// Accept a chain that does not start at seq 1 (older files removed).
+    /// Accept a chain that does not start at seq 1 even when no prune
+    /// record accounts for the missing start (older files removed by hand).
     #[arg(long)]
     allow_pruned_start: bool,
     /// Ed25519 public key (PEM): every checkpoint's signature must verify,
@@ -247,6 +248,9 @@ fn check_config(a: &CheckArgs) -> ExitCode {
         }
     };
     if !a.skip_files {
+        for w in cfg.key_file_modes().1 {
+            eprintln!("warning: {w}");
+        }
         let problems = cfg.check_files();
         if !problems.is_empty() {
             print_problems(&a.config, &problems);
@@ -286,9 +290,14 @@ fn audit_verify(a: &VerifyArgs) -> ExitCode {
                 v.files,
                 v.head
             );
-            if v.pruned_start {
+            if v.pruned_start && v.pruned_by_retention {
                 say!(
-                    "note: the chain starts at seq {} (older records were removed)",
+                    "note: the chain starts at seq {}: older records were removed by retention, as a prune record in the chain accounts for",
+                    v.first_seq.unwrap_or(0)
+                );
+            } else if v.pruned_start {
+                say!(
+                    "note: the chain starts at seq {} (older records were removed; accepted by --allow-pruned-start, no prune record accounts for them)",
                     v.first_seq.unwrap_or(0)
                 );
             }
@@ -304,9 +313,28 @@ fn audit_verify(a: &VerifyArgs) -> ExitCode {
                     v.last_checkpoint_head.as_deref().unwrap_or("-"),
                     v.after_last_checkpoint
                 );
+                let current = v.checkpoints - v.legacy_checkpoints;
+                if current > 0 {
+                    say!("{current} checkpoint(s) signed over their seq, ts and head");
+                }
+                if v.legacy_checkpoints > 0 {
+                    say!(
+                        "{} checkpoint(s) in the older scheme, signed over their head only (written before seq and ts were signed)",
+                        v.legacy_checkpoints
+                    );
+                }
+            }
+            if v.summaries > 0 {
+                say!(
+                    "{} summary record(s) of unauthenticated denials past the per-second budget",
+                    v.summaries
+                );
             }
             for (seq, reason) in &v.repairs {
-                say!("repair at seq {seq}: {reason}");
+                say!(
+                    "repair at seq {seq}: {}",
+                    crate::audit::escape_controls(reason)
+                );
             }
             ExitCode::SUCCESS
         }
@@ -516,6 +544,17 @@ fn serve(a: ServeArgs) -> ExitCode {
         }
     };
     init_tracing(&config.log.level, config.log.format);
+    let (refused, warned) = config.key_file_modes();
+    for w in &warned {
+        tracing::warn!(key = %w.key, "{}", w.message);
+    }
+    if !refused.is_empty() {
+        for p in &refused {
+            eprintln!("serve: {p}");
+        }
+        eprintln!("serve: refusing to start with a key file anyone may read");
+        return ExitCode::from(2);
+    }
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let rt = match serve_runtime(cpus) {
         Ok(rt) => rt,

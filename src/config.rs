@@ -171,7 +171,11 @@ struct RawAudit {
     file: Option<String>,
     hmac_key_file: Option<String>,
     rotate_bytes: Option<u64>,
-    keep_files: Option<u64>,
+    /// Removed: read only to say what replaced it.
+    keep_files: Option<toml::Value>,
+    retention_days: Option<u64>,
+    max_total_bytes: Option<u64>,
+    unauthenticated_records_per_s: Option<u32>,
     signing_key_file: Option<String>,
     checkpoint_interval_s: Option<u64>,
     stdout: Option<bool>,
@@ -378,8 +382,16 @@ pub struct AuditConfig {
     pub hmac_key_file: PathBuf,
     /// Start a new file past this size. Defaults to 104857600 (100 MiB).
     pub rotate_bytes: u64,
-    /// Rotated files kept. Defaults to 30.
-    pub keep_files: usize,
+    /// Rotated files whose newest record is older than this many days are
+    /// removed, with a `prune` record. Defaults to 0: never removed.
+    pub retention_days: u64,
+    /// The trail's size budget in bytes; past it, 503 `audit_unavailable`
+    /// and not ready, never a deletion. Defaults to 0: no budget.
+    pub max_total_bytes: u64,
+    /// Denials of requests without a verified token recorded one by one
+    /// per second; the rest are counted into one `summary` record per
+    /// second. Defaults to 20.
+    pub unauthenticated_records_per_s: u32,
     /// Ed25519 PKCS#8 PEM: signed checkpoint records. Optional.
     pub signing_key_file: Option<PathBuf>,
     /// Defaults to 60 s.
@@ -468,10 +480,63 @@ impl Config {
         }
     }
 
+    /// Every file that holds a secret, with its key path.
+    pub fn key_files(&self) -> Vec<(String, &Path)> {
+        let mut out: Vec<(String, &Path)> = vec![(
+            "audit.hmac_key_file".into(),
+            self.audit.hmac_key_file.as_path(),
+        )];
+        if let Some(k) = &self.audit.signing_key_file {
+            out.push(("audit.signing_key_file".into(), k));
+        }
+        if let Some(t) = &self.server.tls {
+            out.push(("server.tls.key_file".into(), &t.key_file));
+        }
+        match &self.secrets.backend {
+            SecretsBackend::File(f) => out.push(("secrets.file".into(), f)),
+            SecretsBackend::Vault(v) => match &v.auth {
+                VaultAuth::Token { token_file } => {
+                    if let Some(f) = token_file {
+                        out.push(("secrets.vault.token_file".into(), f));
+                    }
+                }
+                VaultAuth::Kubernetes { jwt_file, .. } => {
+                    out.push(("secrets.vault.kubernetes_jwt_file".into(), jwt_file));
+                }
+                VaultAuth::AppRole { secret_id_file, .. } => {
+                    out.push((
+                        "secrets.vault.approle_secret_id_file".into(),
+                        secret_id_file,
+                    ));
+                }
+            },
+        }
+        out
+    }
+
+    /// Key files anyone may read (refused), and those their group may read
+    /// (warned about).
+    pub fn key_file_modes(&self) -> (Vec<Problem>, Vec<Problem>) {
+        let (mut refused, mut warned) = (Problems::default(), Problems::default());
+        for (key, path) in self.key_files() {
+            match crate::keyfile::exposure(path) {
+                crate::keyfile::Exposure::World(m) => {
+                    refused.add(key, crate::keyfile::world_readable(path, m))
+                }
+                crate::keyfile::Exposure::Group(m) => {
+                    warned.add(key, crate::keyfile::group_readable(path, m))
+                }
+                crate::keyfile::Exposure::Private => {}
+            }
+        }
+        (refused.0, warned.0)
+    }
+
     /// Opens every file the config references and reports each that is
     /// missing or unusable (what `check-config` does without `--skip-files`).
     pub fn check_files(&self) -> Vec<Problem> {
         let mut p = Problems::default();
+        p.0.extend(self.key_file_modes().0);
         for (i, iss) in self.auth.issuers.iter().enumerate() {
             for (j, path) in iss.public_keys.iter().enumerate() {
                 if let Err(e) = keys::load_public_key(path, &iss.algorithms) {
@@ -788,6 +853,29 @@ fn validate(raw: RawConfig, base: &Path, source: &Path, p: &mut Problems) -> Opt
             if checkpoint_interval_s == 0 {
                 p.add("audit.checkpoint_interval_s", "must be greater than 0");
             }
+            if a.keep_files.is_some() {
+                p.add(
+                    "audit.keep_files",
+                    "no longer supported: files are not removed by count any more; use \
+                     retention_days (rotated files older than this are removed, with a prune \
+                     record) and max_total_bytes (a size budget that refuses requests, never \
+                     deletes)",
+                );
+            }
+            let retention_days = a.retention_days.unwrap_or(0);
+            if retention_days > 36_500 {
+                p.add(
+                    "audit.retention_days",
+                    "must be at most 36500 (0 = never remove)",
+                );
+            }
+            let max_total_bytes = a.max_total_bytes.unwrap_or(0);
+            if max_total_bytes != 0 && max_total_bytes < rotate_bytes.saturating_mul(2) {
+                p.add(
+                    "audit.max_total_bytes",
+                    "must be 0 (no budget) or at least twice rotate_bytes",
+                );
+            }
             if a.file.is_none() {
                 p.add("audit.file", "required");
             }
@@ -799,7 +887,9 @@ fn validate(raw: RawConfig, base: &Path, source: &Path, p: &mut Problems) -> Opt
                     file: resolve(&f),
                     hmac_key_file: resolve(&k),
                     rotate_bytes,
-                    keep_files: usize::try_from(a.keep_files.unwrap_or(30)).unwrap_or(usize::MAX),
+                    retention_days,
+                    max_total_bytes,
+                    unauthenticated_records_per_s: a.unauthenticated_records_per_s.unwrap_or(20),
                     signing_key_file: a.signing_key_file.as_deref().map(resolve),
                     checkpoint_interval: Duration::from_secs(checkpoint_interval_s),
                     stdout: a.stdout.unwrap_or(false),

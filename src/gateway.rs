@@ -48,6 +48,8 @@ struct Trace {
     request_id: Arc<str>,
     caller_request_id: Option<Arc<str>>,
     client_addr: Arc<str>,
+    /// The peer's address without its port: what summaries count by.
+    client_ip: Option<std::net::IpAddr>,
     method: Arc<str>,
     path: Arc<str>,
     action: Option<&'static str>,
@@ -109,8 +111,10 @@ where
         request_id: request_id.into(),
         caller_request_id: caller_request_id(&parts.headers).map(Into::into),
         client_addr: peer.addr.to_string().into(),
+        client_ip: Some(peer.addr.ip()),
         client_cert: peer.client_cert,
-        method: parts.method.as_str().into(),
+        // Methods are short; an extension method is any token hyper took.
+        method: crate::audit::bounded(parts.method.as_str(), 32).into(),
         // The path only: a query string may carry a token and is never recorded.
         path: bounded(parts.uri.path()).into(),
         ..Trace::default()
@@ -179,7 +183,16 @@ where
             rec.decision = Some(Decision::Deny);
             rec.reason = Some(err.kind.reason().into());
             rec.detail = err.detail.clone();
-            if app.audit.append(rec, false).await.is_err() {
+            // Without a verified token a caller costs bounded audit volume:
+            // one by one up to the per-second budget, then counted.
+            let written = if trace.caller.is_none() {
+                app.audit
+                    .append_unauthenticated(rec, err.kind.reason(), trace.client_ip)
+                    .await
+            } else {
+                app.audit.append(rec, false).await
+            };
+            if written.is_err() {
                 app.metrics.audit_failures.inc();
                 let unavailable = GatewayError::new(Reject::AuditUnavailable);
                 return (rescue(&unavailable, Some(&rid)), trace);
@@ -227,15 +240,13 @@ async fn pipeline(
     // first request that used it; the HMAC key lives as long as the process.
     let caller = principal.recorded.get_or_init(|| {
         Arc::new(Caller {
-            iss: principal.iss.clone(),
-            sub: principal.sub.clone(),
-            team: match principal.teams.as_slice() {
-                [one] => Value::String(one.clone()),
-                many => Value::from(many.to_vec()),
-            },
-            jti: principal.jti.clone(),
+            iss: bounded(&principal.iss).to_string(),
+            sub: bounded(&principal.sub).to_string(),
+            team: recorded_teams(&principal.teams),
+            jti: principal.jti.as_deref().map(|j| bounded(j).to_string()),
             token_fp: app.hmac.fingerprint(token.as_bytes()),
             single_use: None,
+            exp: None,
         })
     });
     trace.caller = Some(caller.clone());
@@ -302,7 +313,10 @@ async fn pipeline(
             });
         }
         if let Some(c) = trace.caller.as_mut() {
-            Arc::make_mut(c).single_use = Some(true);
+            let c = Arc::make_mut(c);
+            c.single_use = Some(true);
+            // What a restart needs to hold the jti exactly as long.
+            c.exp = Some(principal.exp);
         }
         Some(Reserved {
             app,
@@ -724,10 +738,34 @@ fn caller_request_id(h: &HeaderMap) -> Option<String> {
     ok.then(|| String::from_utf8_lossy(b).into_owned())
 }
 
-/// Request targets are recorded, bounded to 512 characters (they are
-/// caller-chosen bytes).
+/// Request targets and verified claims are recorded, bounded to 512
+/// characters (they are caller-chosen bytes).
 fn bounded(s: &str) -> &str {
     crate::audit::bounded(s, 512)
+}
+
+/// Most teams a record lists; a token naming more is recorded with the
+/// first ones and a count of the rest.
+const RECORDED_TEAMS: usize = 32;
+
+/// The caller's team claim as recorded: a string for one team, else an
+/// array, every name bounded.
+fn recorded_teams(teams: &[String]) -> Value {
+    if let [one] = teams {
+        return Value::String(bounded(one).to_string());
+    }
+    let mut out: Vec<Value> = teams
+        .iter()
+        .take(RECORDED_TEAMS)
+        .map(|t| Value::String(bounded(t).to_string()))
+        .collect();
+    if teams.len() > RECORDED_TEAMS {
+        out.push(Value::String(format!(
+            "(+{} more)",
+            teams.len() - RECORDED_TEAMS
+        )));
+    }
+    Value::Array(out)
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ pub mod forward;
 pub mod framing;
 pub mod gateway;
 pub mod json;
+pub mod keyfile;
 pub mod limits;
 pub mod listen;
 pub mod metrics;
@@ -71,6 +72,7 @@ pub mod names {
 }
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::sync::Semaphore;
@@ -179,7 +181,12 @@ impl App {
             config.audit.file.clone(),
             audit::Options {
                 rotate_bytes: Some(config.audit.rotate_bytes),
-                keep_files: config.audit.keep_files,
+                retention: (config.audit.retention_days > 0).then(|| {
+                    Duration::from_secs(config.audit.retention_days.saturating_mul(86_400))
+                }),
+                max_total_bytes: (config.audit.max_total_bytes > 0)
+                    .then_some(config.audit.max_total_bytes),
+                unauthenticated_per_s: config.audit.unauthenticated_records_per_s,
                 signer,
                 checkpoint_interval: config.audit.checkpoint_interval,
                 stdout: config.audit.stdout,

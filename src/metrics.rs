@@ -51,6 +51,10 @@ pub struct Metrics {
     pub audit_write_duration: Histogram,
     pub secret_failures: Family<KindLabels, Counter>,
     pub in_flight: Gauge,
+    /// 1 while the audit trail refuses records for `max_total_bytes`.
+    pub audit_over_budget: Gauge,
+    /// Bytes of the audit trail: rotated files and the live one.
+    pub audit_bytes: Gauge,
     pub replay_rejections: Family<KindLabels, Counter>,
     pub cooldowns: Family<ProjectLabels, Counter>,
     pub reloads: Family<KindLabels, Counter>,
@@ -116,6 +120,18 @@ impl Metrics {
             "Requests being handled",
             in_flight.clone(),
         );
+        let audit_over_budget = Gauge::default();
+        registry.register(
+            "audit_over_budget",
+            "1 while the audit trail is at max_total_bytes and requests are refused",
+            audit_over_budget.clone(),
+        );
+        let audit_bytes = Gauge::default();
+        registry.register(
+            "audit_bytes",
+            "Bytes of the audit trail (rotated files and the live one)",
+            audit_bytes.clone(),
+        );
         let replay_rejections = Family::<KindLabels, Counter>::default();
         registry.register(
             "replay_rejections",
@@ -174,6 +190,8 @@ impl Metrics {
             audit_write_duration,
             secret_failures,
             in_flight,
+            audit_over_budget,
+            audit_bytes,
             replay_rejections,
             cooldowns,
             reloads,

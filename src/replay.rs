@@ -106,30 +106,36 @@ impl ReplayCache {
     }
 
     /// Re-reserves every single-use `jti` of `attempt` records in the audit
-    /// trail (the live file, then rotated files newest first, as far back
-    /// as a token could still be presented): their token was accepted at
-    /// `ts`, so it expires at most `max_lifetime_s + leeway_s` later.
-    /// Returns how many were restored.
+    /// trail, reading the live file and then the rotated files newest
+    /// first, each backwards, and stopping at the first record older than
+    /// any token that could still be presented: memory and time follow the
+    /// records of the last token lifetime, not the trail's size. A jti is
+    /// held until its token's recorded `exp` plus leeway, as the running
+    /// gateway held it; records written before `exp` was recorded give
+    /// `ts + max_lifetime_s + 2 × leeway_s` (a token may be issued up to
+    /// the leeway ahead of the gateway's clock). Returns how many were
+    /// restored.
     pub fn rebuild_from_audit(&self, live: &Path, max_lifetime_s: i64, leeway_s: i64) -> u64 {
         let now = crate::authn::now_s();
-        let window = max_lifetime_s.saturating_add(leeway_s);
+        let window = max_lifetime_s.saturating_add(leeway_s.saturating_mul(2));
         let mut files = crate::audit::rotated_files(live);
         files.push(live.to_path_buf());
         let mut restored = 0;
-        for file in files.iter().rev() {
-            let Ok(data) = std::fs::read(file) else {
+        'files: for file in files.iter().rev() {
+            let Ok(mut lines) = crate::audit::lines::Backwards::open(file) else {
                 continue;
             };
-            let mut oldest: Option<i64> = None;
-            for line in data.split(|b| *b == b'\n') {
-                if oldest.is_none() {
-                    oldest = record_ts(line);
+            while let Ok(Some(line)) = lines.next_line() {
+                let Some(ts) = line_ts(&line) else { continue };
+                if ts.saturating_add(window) < now {
+                    // Older records hold no token still alive.
+                    break 'files;
                 }
                 // Cheap filter first: most records are not single-use attempts.
-                if !contains(line, b"\"single_use\":true") {
+                if !contains(&line, b"\"single_use\":true") {
                     continue;
                 }
-                let Ok(rec) = serde_json::from_slice::<serde_json::Value>(line) else {
+                let Ok(rec) = serde_json::from_slice::<serde_json::Value>(&line) else {
                     continue;
                 };
                 if rec.get("phase").and_then(|p| p.as_str()) != Some("attempt") {
@@ -138,34 +144,37 @@ impl ReplayCache {
                 let caller = rec.get("caller");
                 let iss = caller.and_then(|c| c.get("iss")).and_then(|v| v.as_str());
                 let jti = caller.and_then(|c| c.get("jti")).and_then(|v| v.as_str());
-                if let (Some(iss), Some(jti), Some(ts)) = (iss, jti, record_ts(line)) {
-                    let until = ts.saturating_add(window);
-                    if until > now {
-                        self.insert(key(iss, jti), until);
+                let exp = caller.and_then(|c| c.get("exp")).and_then(|v| v.as_i64());
+                if let (Some(iss), Some(jti)) = (iss, jti) {
+                    let until = match exp {
+                        Some(exp) => exp.saturating_add(leeway_s),
+                        None => ts.saturating_add(window),
+                    };
+                    let k = key(iss, jti);
+                    if until > now && !self.spent.contains_key(&k) {
+                        self.insert(k, until);
                         restored += 1;
                     }
                 }
-            }
-            // This file starts before any token still alive: older files
-            // hold nothing that matters.
-            if oldest.is_some_and(|t| t.saturating_add(window) < now) {
-                break;
             }
         }
         restored
     }
 }
 
-fn record_ts(line: &[u8]) -> Option<i64> {
-    let rec: serde_json::Value = serde_json::from_slice(line).ok()?;
-    let ts = rec.get("ts")?.as_str()?;
+/// A record's `ts` as unix seconds, read from the line without parsing
+/// the whole record (`"ts":"…"` is near its start).
+fn line_ts(line: &[u8]) -> Option<i64> {
+    let at = memchr::memmem::find(line, b"\"ts\":\"")? + 6;
+    let end = at + memchr::memchr(b'"', line.get(at..)?)?;
+    let ts = std::str::from_utf8(line.get(at..end)?).ok()?;
     time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339)
         .ok()
         .map(|t| t.unix_timestamp())
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
+    memchr::memmem::find(hay, needle).is_some()
 }
 
 #[cfg(test)]
@@ -194,6 +203,67 @@ mod tests {
         assert!(c.reserve("i", "2", exp).is_ok());
         assert_eq!(c.reserve("i", "3", exp), Err(ReplayError::Full));
         assert_eq!(c.reserve("i", "1", exp), Err(ReplayError::Replayed));
+    }
+
+    fn attempt(ts: i64, jti: &str, exp: Option<i64>) -> String {
+        let t = time::OffsetDateTime::from_unix_timestamp(ts).unwrap();
+        let mut caller = serde_json::json!({"iss": "i", "sub": "s", "team": "t",
+            "jti": jti, "token_fp": "0", "single_use": true});
+        if let Some(e) = exp {
+            caller["exp"] = e.into();
+        }
+        serde_json::json!({"v": 1, "seq": 1, "ts": crate::audit::rfc3339_millis(t),
+            "phase": "attempt", "caller": caller, "prev": "0"})
+        .to_string()
+    }
+
+    /// A token issued up to the leeway ahead of the gateway's clock lives
+    /// past `ts + max lifetime + leeway`: rebuilt after a restart, its jti
+    /// is held until its own `exp` plus leeway, as the running gateway held
+    /// it, so it cannot be accepted a second time.
+    #[test]
+    fn a_rebuilt_jti_is_held_until_its_tokens_own_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("audit.jsonl");
+        let now = crate::authn::now_s();
+        let (lifetime, leeway) = (900, 30);
+        // Accepted 935 s ago with iat 25 s ahead: exp = ts + 925 = now - 10,
+        // held until exp + leeway = now + 20. `ts + lifetime + leeway` is
+        // already past.
+        let ahead = attempt(now - 935, "ahead", Some(now - 935 + 925));
+        // Expired for good: exp + leeway is past.
+        let gone = attempt(now - 950, "gone", Some(now - 950 + 900));
+        // Written before `exp` was recorded: ts + lifetime + 2 leeway.
+        let legacy = attempt(now - 100, "legacy", None);
+        std::fs::write(&live, format!("{gone}\n{ahead}\n{legacy}\n")).unwrap();
+        let c = ReplayCache::new(10);
+        assert_eq!(c.rebuild_from_audit(&live, lifetime, leeway), 2);
+        assert_eq!(
+            c.reserve("i", "ahead", now + 60),
+            Err(ReplayError::Replayed)
+        );
+        assert_eq!(
+            c.reserve("i", "legacy", now + 60),
+            Err(ReplayError::Replayed)
+        );
+        assert_eq!(c.reserve("i", "gone", now + 60), Ok(()));
+    }
+
+    /// The rebuild reads newest first and stops at the first record older
+    /// than any live token: a trail's older part is never read.
+    #[test]
+    fn the_rebuild_stops_at_records_older_than_any_live_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("audit.jsonl");
+        let now = crate::authn::now_s();
+        let old = attempt(now - 5000, "old", Some(now + 600));
+        let fresh = attempt(now - 10, "fresh", Some(now + 600));
+        // An impossible old record (its exp far ahead) shows whether the
+        // reader went past the cut-off: it must not be restored.
+        std::fs::write(&live, format!("{old}\n{fresh}\n")).unwrap();
+        let c = ReplayCache::new(10);
+        assert_eq!(c.rebuild_from_audit(&live, 900, 30), 1);
+        assert_eq!(c.reserve("i", "old", now + 60), Ok(()));
     }
 
     #[test]

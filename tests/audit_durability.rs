@@ -46,12 +46,7 @@ async fn traffic(gw: &Running, w: &World, n: usize) {
 async fn files_rotate_by_size_and_the_chain_runs_across_them() {
     let w = World::new().await;
     let gw = w
-        .start_with(|d| {
-            audit_opts(
-                d,
-                &[("rotate_bytes", 4096.into()), ("keep_files", 100.into())],
-            )
-        })
+        .start_with(|d| audit_opts(d, &[("rotate_bytes", 4096.into())]))
         .await;
     traffic(&gw, &w, 30).await;
     gw.stop().await;
@@ -174,39 +169,321 @@ async fn signed_checkpoints_catch_a_forged_record_and_a_truncated_tail() {
     );
 }
 
+/// Writes `records` as a chain continuing (seq, prev): what a gateway of
+/// an earlier day wrote. Returns where the chain stands after them.
+fn write_chain(path: &std::path::Path, records: &[Value], seq: u64, prev: &str) -> (u64, String) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    let (mut seq, mut prev) = (seq, prev.to_string());
+    for r in records {
+        let mut r = r.as_object().unwrap().clone();
+        seq += 1;
+        r.insert("seq".into(), json!(seq));
+        r.insert("prev".into(), json!(prev));
+        let line = serde_json::to_string(&r).unwrap();
+        prev = hex::encode(sha2::Sha256::digest(line.as_bytes()));
+        writeln!(f, "{line}").unwrap();
+    }
+    (seq, prev)
+}
+
+fn old_denials(n: usize, days_ago: i64) -> Vec<Value> {
+    let ts = time::OffsetDateTime::now_utc() - time::Duration::days(days_ago);
+    let ts = ts
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    (0..n)
+        .map(|i| {
+            json!({"v": 1, "ts": ts, "request_id": format!("old-{days_ago}-{i}"),
+                   "phase": "denied", "decision": "deny", "reason": "token_missing"})
+        })
+        .collect()
+}
+
+const ZERO: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Retention removes files past their age, never by count, and says so:
+/// the prune record lets `audit verify` accept the missing start with no
+/// flag. A start cut any other way (a file removed by hand, lines cut off
+/// the front) is refused, with or without a public key.
 #[tokio::test]
-async fn pruned_files_are_reported_and_accepted_only_when_asked_or_anchored() {
+async fn retention_removes_old_files_with_a_prune_record_and_any_other_cut_start_fails() {
     let w = World::new().await;
     signing_key(&w);
+    let dir = w.path("audit");
+    std::fs::create_dir_all(&dir).unwrap();
+    let live = w.audit_path();
+    let name = |seq: u64| dir.join(format!("audit.jsonl.{seq:012}"));
+    // Three files from ten days ago, one from two days ago.
+    let (s1, h1) = write_chain(&name(1), &old_denials(5, 10), 0, ZERO);
+    let (s2, h2) = write_chain(&name(s1 + 1), &old_denials(5, 10), s1, &h1);
+    let (s3, h3) = write_chain(&name(s2 + 1), &old_denials(5, 10), s2, &h2);
+    let (s4, h4) = write_chain(&name(s3 + 1), &old_denials(5, 2), s3, &h3);
+    write_chain(&live, &old_denials(2, 2), s4, &h4);
     let gw = w
         .start_with(|d| {
             audit_opts(
                 d,
                 &[
-                    ("rotate_bytes", 4096.into()),
-                    ("keep_files", 1.into()),
+                    ("retention_days", 5.into()),
                     ("signing_key_file", "audit-signing.pem".into()),
                 ],
             )
         })
         .await;
-    traffic(&gw, &w, 40).await;
+    // The syncer looks for files past their retention soon after start.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while name(1).exists() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    traffic(&gw, &w, 4).await;
     gw.stop().await;
-    assert_eq!(
-        batch_gateway::audit::rotated_files(&w.audit_path()).len(),
-        1
-    );
-    let dir = w.path("audit");
+    for seq in [1, s1 + 1, s2 + 1] {
+        assert!(!name(seq).exists(), "file {seq} is past its retention");
+    }
+    assert!(name(s3 + 1).exists(), "two days old: kept");
+    let recs: Vec<Value> = verify::collect_files(std::slice::from_ref(&dir))
+        .unwrap()
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let prune = recs.iter().find(|r| r["phase"] == json!("prune")).unwrap();
+    let removed = prune["removed"].as_array().unwrap();
+    assert_eq!(removed.len(), 3, "{prune}");
+    assert_eq!(removed[0]["first_seq"], json!(1));
+    assert_eq!(removed[2]["last_seq"], json!(s3));
+    assert_eq!(removed[2]["last_hash"], json!(h3));
+    assert_eq!(prune["pruned_through"], json!({"seq": s3, "hash": h3}));
     let d = dir.to_str().unwrap();
+    let k = w.path("audit-signing.pub.pem");
+    let k = k.to_str().unwrap();
     let (code, text) = run(&["audit", "verify", d]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 0, "accounted for by the prune record: {text}");
+    assert!(text.contains("removed by retention"), "{text}");
+    assert_eq!(run(&["audit", "verify", d, "--public-key", k]).0, 0);
+
+    // Someone removes the oldest remaining file by hand: no prune record
+    // covers that, and a signed checkpoint anchors nothing.
+    std::fs::remove_file(name(s3 + 1)).unwrap();
+    let (code, text) = run(&["audit", "verify", d]);
+    assert_eq!(code, 1, "{text}");
     assert!(text.contains("the chain starts at seq"), "{text}");
+    let (code, text) = run(&["audit", "verify", d, "--public-key", k]);
+    assert_eq!(code, 1, "a checkpoint is no anchor for a cut start: {text}");
     let (code, text) = run(&["audit", "verify", d, "--allow-pruned-start"]);
     assert_eq!(code, 0, "{text}");
-    assert!(text.contains("older records were removed"), "{text}");
+    assert!(text.contains("--allow-pruned-start"), "{text}");
+}
+
+/// The reviewer's reproduction: the first four lines of a live file (two
+/// allowed deletes) are cut off. Without a key and with one, verify fails.
+#[tokio::test]
+async fn lines_cut_off_the_front_fail_with_and_without_a_public_key() {
+    let w = World::new().await;
+    signing_key(&w);
+    let gw = w
+        .start_with(|d| audit_opts(d, &[("signing_key_file", "audit-signing.pem".into())]))
+        .await;
+    for _ in 0..4 {
+        assert_eq!(gw.delete_new(&w.token("growth"), None).await.status, 204);
+    }
+    gw.stop().await;
+    let lines = w.audit_lines();
+    let cut = w.write("cut.jsonl", &(lines[4..].join("\n") + "\n"));
+    let (c, k) = (cut.to_str().unwrap(), w.path("audit-signing.pub.pem"));
+    let (code, text) = run(&["audit", "verify", c]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("starts at seq 5"), "{text}");
+    let (code, text) = run(&["audit", "verify", c, "--public-key", k.to_str().unwrap()]);
+    assert_eq!(code, 1, "{text}");
+}
+
+/// A checkpoint's signature covers its seq and ts as well as its head: one
+/// moved to another seq or time no longer verifies; checkpoints of the
+/// scheme before (head only) still verify and are named as such.
+#[tokio::test]
+async fn checkpoint_signatures_cover_seq_ts_and_head_and_old_ones_still_read() {
+    let w = World::new().await;
+    signing_key(&w);
+    let gw = w
+        .start_with(|d| audit_opts(d, &[("signing_key_file", "audit-signing.pem".into())]))
+        .await;
+    assert_eq!(gw.delete_new(&w.token("growth"), None).await.status, 204);
+    gw.stop().await;
     let k = w.path("audit-signing.pub.pem");
-    let (code, text) = run(&["audit", "verify", d, "--public-key", k.to_str().unwrap()]);
-    assert_eq!(code, 0, "anchored by a signed checkpoint: {text}");
+    let k = k.to_str().unwrap();
+    let lines = w.audit_lines();
+    let cp: Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    assert_eq!(cp["phase"], json!("checkpoint"));
+    assert_eq!(cp["sig_format"], json!(2));
+    let (code, text) = run(&[
+        "audit",
+        "verify",
+        w.audit_path().to_str().unwrap(),
+        "--public-key",
+        k,
+    ]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("signed over their seq, ts and head"),
+        "{text}"
+    );
+    // The same checkpoint with another ts (and its chain kept whole).
+    let mut moved = lines.clone();
+    let last = moved.len() - 1;
+    let ts = cp["ts"].as_str().unwrap();
+    moved[last] = moved[last].replace(ts, "2020-01-01T00:00:00.000Z");
+    let m = w.write("moved.jsonl", &(moved.join("\n") + "\n"));
+    let (code, text) = run(&["audit", "verify", m.to_str().unwrap(), "--public-key", k]);
+    assert_eq!(code, 1, "{text}");
+    // A checkpoint of the old scheme: signed over the head's ASCII alone.
+    let head = cp["head"].as_str().unwrap();
+    let old_sig = {
+        use base64::Engine;
+        use rustls_pki_types::pem::PemObject;
+        let pem = std::fs::read(w.path("audit-signing.pem")).unwrap();
+        let der = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(&pem).unwrap();
+        let kp =
+            ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(der.secret_pkcs8_der())
+                .unwrap();
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(kp.sign(head.as_bytes()).as_ref())
+    };
+    let mut legacy: serde_json::Map<String, Value> = serde_json::from_str(&lines[last]).unwrap();
+    legacy.remove("sig_format");
+    legacy.insert("sig".into(), json!(old_sig));
+    let mut old = lines.clone();
+    old[last] = serde_json::to_string(&legacy).unwrap();
+    let o = w.write("old.jsonl", &(old.join("\n") + "\n"));
+    let (code, text) = run(&["audit", "verify", o.to_str().unwrap(), "--public-key", k]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("older scheme"), "{text}");
+}
+
+/// The reviewer's reproduction of a lost record: a restart right after a
+/// rotation (the live file holds only its rotate record, or nothing at
+/// all) continues seq and prev from the newest record on disk; the next
+/// rotations never replace a file; verify passes on the folder.
+#[tokio::test]
+async fn a_restart_right_after_a_rotation_continues_the_chain_and_replaces_nothing() {
+    let w = World::new().await;
+    let (data, admin) = (free_port(), free_port());
+    let cfg = w.config(|d| {
+        fixed_ports(d, data, admin);
+        audit_opts(d, &[("rotate_bytes", 4096.into())]);
+    });
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{data}").parse().unwrap();
+    let serve = || {
+        let child = spawn_serve(&cfg.source);
+        wait_up(admin);
+        child
+    };
+    let tokenless = |n: usize| async move {
+        for _ in 0..n {
+            let raw =
+                b"POST /2.8/campaigns/delete HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+            try_exchange(addr, raw).await;
+        }
+    };
+    let dir = w.path("audit");
+    let mut seen_first: std::collections::HashMap<String, String> = Default::default();
+    for round in 0..3 {
+        let mut child = serve();
+        tokenless(13).await;
+        // Stop right after the rotation: wait until one happened.
+        let before = batch_gateway::audit::rotated_files(&w.audit_path()).len();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while batch_gateway::audit::rotated_files(&w.audit_path()).len() == before
+            && std::time::Instant::now() < deadline
+        {
+            tokenless(1).await;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        if round == 1 {
+            // The harshest case: the live file is gone or empty.
+            std::fs::write(w.audit_path(), "").unwrap();
+        }
+        // No rotated file ever changes its first line once written.
+        for f in batch_gateway::audit::rotated_files(&w.audit_path()) {
+            let first = std::fs::read_to_string(&f)
+                .unwrap()
+                .lines()
+                .next()
+                .unwrap()
+                .to_string();
+            let name = f.display().to_string();
+            if let Some(was) = seen_first.get(&name) {
+                assert_eq!(was, &first, "{name} was replaced");
+            }
+            seen_first.insert(name, first);
+        }
+    }
+    let mut child = serve();
+    tokenless(3).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (code, text) = run(&["audit", "verify", dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{text}");
+    let files = verify::collect_files(&[dir]).unwrap();
+    let v = verify::verify(&files, &VerifyOptions::default()).unwrap();
+    assert_eq!(v.first_seq, Some(1));
+    // Every file after the first opens with a rotate record naming the
+    // file before it.
+    for pair in files.windows(2) {
+        let first: Value = serde_json::from_str(
+            std::fs::read_to_string(&pair[1])
+                .unwrap()
+                .lines()
+                .next()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(first["phase"], json!("rotate"), "{}", pair[1].display());
+        assert_eq!(
+            first["follows"],
+            json!(pair[0].file_name().unwrap().to_str().unwrap())
+        );
+    }
+}
+
+/// A chain that starts again at seq 1 in a later file (what the old
+/// writer did after a restart) is broken, not ok.
+#[test]
+fn a_trail_whose_chain_restarts_is_reported_broken() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("audit.jsonl.000000000001");
+    let live = dir.path().join("audit.jsonl");
+    write_chain(&a, &old_denials(3, 1), 0, ZERO);
+    write_chain(&live, &old_denials(3, 1), 0, ZERO);
+    let (code, text) = run(&["audit", "verify", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 1, "{text}");
+    // A rotated file whose name does not match its first seq is broken too.
+    let dir = tempfile::tempdir().unwrap();
+    let (s, h) = write_chain(
+        &dir.path().join("audit.jsonl.000000000001"),
+        &old_denials(3, 1),
+        0,
+        ZERO,
+    );
+    write_chain(
+        &dir.path().join("audit.jsonl.000000000009"),
+        &old_denials(3, 1),
+        s,
+        &h,
+    );
+    let (code, text) = run(&["audit", "verify", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("named for seq 9"), "{text}");
 }
 
 #[tokio::test]
@@ -312,20 +589,10 @@ async fn after_kill_9_under_load_every_forwarded_request_has_its_attempt_and_the
     let w = World::new().await;
     let (data, admin) = (free_port(), free_port());
     let cfg = w.config(|d| {
-        let s = table(d, "server");
-        s.insert("listen".into(), format!("127.0.0.1:{data}").into());
-        s.insert("admin_listen".into(), format!("127.0.0.1:{admin}").into());
+        fixed_ports(d, data, admin);
         audit_opts(d, &[("stdout", true.into())]);
     });
-    let spawn = || {
-        Command::new(binary())
-            .args(["serve", "--config"])
-            .arg(&cfg.source)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+    let spawn = || spawn_serve(&cfg.source);
     let mut child = spawn();
     wait_up(admin);
     let addr: std::net::SocketAddr = format!("127.0.0.1:{data}").parse().unwrap();
@@ -384,9 +651,7 @@ async fn the_stdout_mirror_carries_exactly_the_files_lines() {
     let w = World::new().await;
     let (data, admin) = (free_port(), free_port());
     let cfg = w.config(|d| {
-        let s = table(d, "server");
-        s.insert("listen".into(), format!("127.0.0.1:{data}").into());
-        s.insert("admin_listen".into(), format!("127.0.0.1:{admin}").into());
+        fixed_ports(d, data, admin);
         audit_opts(d, &[("stdout", true.into())]);
     });
     let child = Command::new(binary())

@@ -202,6 +202,14 @@ async fn a_spent_jti_stays_spent_across_a_restart() {
     let tok = w.token("growth");
     assert_eq!(gw.delete_new(&tok, None).await.status, 204);
     gw.stop().await;
+    // The attempt carries what a restart needs: the token's own exp.
+    let attempt = w
+        .audit_records()
+        .into_iter()
+        .find(|r| r["phase"] == "attempt")
+        .unwrap();
+    assert_eq!(attempt["caller"]["single_use"], true);
+    assert!(attempt["caller"]["exp"].as_i64().unwrap() > now());
 
     let gw = w.start_with(single_use_growth).await;
     let r = gw.delete_new(&tok, None).await;

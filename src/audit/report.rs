@@ -38,6 +38,11 @@ pub struct Report {
     pub upstream_statuses: BTreeMap<String, u64>,
     /// `repair` records: (seq, reason).
     pub repairs: Vec<(u64, String)>,
+    /// Unauthenticated denials counted in `summary` records (included in
+    /// the counts above) rather than recorded one by one.
+    pub summarized_denials: u64,
+    /// `prune` records: files removed by retention, accounted for.
+    pub prunes: u64,
     /// The chain check over every file given: "ok …" or the first break.
     pub chain: String,
 }
@@ -87,6 +92,30 @@ pub fn build(files: &[PathBuf], filter: &Filter) -> Result<Report, Broken> {
             }
             continue;
         }
+        if phase == "summary" {
+            // Unauthenticated denials past the per-second budget, counted.
+            let n = rec.get("count").and_then(Value::as_u64).unwrap_or(0);
+            r.summarized_denials += n;
+            r.requests.deny += n;
+            for key in [
+                r.by_team.entry("(unauthenticated)".into()).or_default(),
+                r.by_project.entry("-".into()).or_default(),
+                r.by_action.entry("-".into()).or_default(),
+            ] {
+                key.deny += n;
+            }
+            if let Some(Value::Object(by)) = rec.get("by_reason") {
+                for (reason, c) in by {
+                    *reasons.entry(reason.clone()).or_default() += c.as_u64().unwrap_or(0);
+                }
+            }
+            *callers.entry("(unauthenticated)".into()).or_default() += n;
+            continue;
+        }
+        if phase == "prune" {
+            r.prunes += 1;
+            continue;
+        }
         if phase != "denied" && phase != "attempt" {
             continue;
         }
@@ -129,8 +158,13 @@ pub fn build(files: &[PathBuf], filter: &Filter) -> Result<Report, Broken> {
         ..VerifyOptions::default()
     };
     r.chain = match verify::verify(files, &opts) {
+        Ok(v) if v.pruned_start && v.pruned_by_retention => format!(
+            "ok from seq {} (older records removed by retention, accounted for by a prune record) to {}",
+            v.first_seq.unwrap_or(0),
+            v.last_seq.unwrap_or(0)
+        ),
         Ok(v) if v.pruned_start => format!(
-            "ok from seq {} (older records were removed) to {}",
+            "NOT ACCOUNTED FOR: the chain starts at seq {} and no prune record says why; verified from there to {}",
             v.first_seq.unwrap_or(0),
             v.last_seq.unwrap_or(0)
         ),
@@ -143,12 +177,13 @@ pub fn build(files: &[PathBuf], filter: &Filter) -> Result<Report, Broken> {
 impl Report {
     /// The reviewer's text.
     pub fn text(&self) -> String {
+        use super::escape_controls as esc;
         let mut o = String::new();
         let line = |o: &mut String, s: String| {
             o.push_str(&s);
             o.push('\n');
         };
-        line(&mut o, format!("chain: {}", self.chain));
+        line(&mut o, format!("chain: {}", esc(&self.chain)));
         line(
             &mut o,
             format!(
@@ -165,21 +200,21 @@ impl Report {
             for (k, c) in m {
                 line(
                     &mut o,
-                    format!("  {k:<32} allow {:>6}  deny {:>6}", c.allow, c.deny),
+                    format!("  {:<32} allow {:>6}  deny {:>6}", esc(k), c.allow, c.deny),
                 );
             }
         }
         line(&mut o, "\ntop denial reasons:".into());
         for (k, n) in &self.denial_reasons {
-            line(&mut o, format!("  {k:<32} {n:>6}"));
+            line(&mut o, format!("  {:<32} {n:>6}", esc(k)));
         }
         line(&mut o, "\nmost denied callers (sub):".into());
         for (k, n) in &self.most_denied_callers {
-            line(&mut o, format!("  {k:<32} {n:>6}"));
+            line(&mut o, format!("  {:<32} {n:>6}", esc(k)));
         }
         line(&mut o, "\nupstream statuses:".into());
         for (k, n) in &self.upstream_statuses {
-            line(&mut o, format!("  {k:<32} {n:>6}"));
+            line(&mut o, format!("  {:<32} {n:>6}", esc(k)));
         }
         line(
             &mut o,
@@ -190,14 +225,25 @@ impl Report {
                 &mut o,
                 format!(
                     "  seq {} {} project {} request {}",
-                    u.seq, u.ts, u.project, u.request_id
+                    u.seq,
+                    esc(&u.ts),
+                    esc(&u.project),
+                    esc(&u.request_id)
                 ),
             );
         }
         line(&mut o, format!("\nrepairs: {}", self.repairs.len()));
         for (seq, reason) in &self.repairs {
-            line(&mut o, format!("  seq {seq}: {reason}"));
+            line(&mut o, format!("  seq {seq}: {}", esc(reason)));
         }
+        line(
+            &mut o,
+            format!(
+                "\nunauthenticated denials counted in summaries: {}",
+                self.summarized_denials
+            ),
+        );
+        line(&mut o, format!("prune records: {}", self.prunes));
         o
     }
 }

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::ZERO_HASH;
+use super::lines::{self, LineError};
+use super::{PrunedThrough, ZERO_HASH};
 
 /// A chain that verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,8 +20,17 @@ pub struct Verified {
     pub head: String,
     /// The chain does not start at seq 1 (older files were removed).
     pub pruned_start: bool,
+    /// The missing start is accounted for by a `prune` record.
+    pub pruned_by_retention: bool,
     /// Checkpoints found (signatures checked when a public key was given).
     pub checkpoints: u64,
+    /// Of them, checkpoints in the scheme before `sig_format` 2, whose
+    /// signature covers their `head` only.
+    pub legacy_checkpoints: u64,
+    /// `summary` records (counted unauthenticated denials).
+    pub summaries: u64,
+    /// `prune` records.
+    pub prunes: u64,
     /// The `head` of the last checkpoint, to keep for `--expect-head`.
     pub last_checkpoint_head: Option<String>,
     /// Records after the last checkpoint (no signature covers them yet).
@@ -68,16 +78,36 @@ pub struct Broken {
 }
 
 /// Expands folders into their files and orders everything by first `seq`.
+/// In a folder, a rotation's unfinished next file (`*.next`) is not part
+/// of the chain, and a file that is only a second name (a hard link) of
+/// another is read once.
 pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Broken> {
+    use std::os::unix::fs::MetadataExt;
     let mut files = Vec::new();
     for p in paths {
         if p.is_dir() {
             let entries = std::fs::read_dir(p).map_err(|e| io_broken(p, &e))?;
+            let mut inside = Vec::new();
             for e in entries {
                 let e = e.map_err(|e| io_broken(p, &e))?;
-                if e.path().is_file() {
-                    files.push(e.path());
+                let path = e.path();
+                let unfinished = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.ends_with(".next"));
+                if path.is_file() && !unfinished {
+                    inside.push(path);
                 }
+            }
+            // Rotated names first, so a link keeps its rotated name.
+            inside.sort_by_key(|f| (rotated_suffix(f).is_none(), f.clone()));
+            let mut seen = std::collections::HashSet::new();
+            for f in inside {
+                let id = std::fs::metadata(&f).map(|m| (m.dev(), m.ino()));
+                if id.as_ref().is_ok_and(|id| !seen.insert(*id)) {
+                    continue;
+                }
+                files.push(f);
             }
         } else {
             files.push(p.clone());
@@ -91,6 +121,15 @@ pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Broken> {
     Ok(keyed.into_iter().map(|(_, f)| f).collect())
 }
 
+/// The seq a rotated file's name gives (`<file>.<12 digits>`).
+fn rotated_suffix(f: &Path) -> Option<u64> {
+    let name = f.file_name()?.to_str()?;
+    let (_, digits) = name.rsplit_once('.')?;
+    (digits.len() == 12 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
 fn io_broken(p: &Path, e: &std::io::Error) -> Broken {
     Broken {
         file: p.display().to_string(),
@@ -100,13 +139,50 @@ fn io_broken(p: &Path, e: &std::io::Error) -> Broken {
     }
 }
 
+fn line_broken(p: &Path, e: &LineError) -> Broken {
+    Broken {
+        file: p.display().to_string(),
+        line: match e {
+            LineError::TooLong { line, .. } => *line,
+            LineError::Io { .. } => 0,
+        },
+        seq: None,
+        message: e.to_string(),
+    }
+}
+
 fn first_seq(f: &Path) -> Result<u64, Broken> {
-    let data = std::fs::read(f).map_err(|e| io_broken(f, &e))?;
-    let first = data.split(|b| *b == b'\n').next().unwrap_or_default();
-    Ok(serde_json::from_slice::<Value>(first)
-        .ok()
+    let first = lines::first_line(f).map_err(|e| line_broken(f, &e))?;
+    Ok(first
+        .and_then(|l| serde_json::from_slice::<Value>(&l).ok())
         .and_then(|v| v.get("seq").and_then(Value::as_u64))
         .unwrap_or(u64::MAX))
+}
+
+/// Checks one checkpoint's signature: over its seq, ts and head
+/// (`sig_format` 2), or, for checkpoints written before that scheme, over
+/// the ASCII of its head. Some(true) for the older scheme.
+fn check_signature(rec: &Value, seq: u64, head: &str, pk: &[u8]) -> Option<bool> {
+    use base64::Engine;
+    let sig = rec
+        .get("sig")
+        .and_then(Value::as_str)
+        .and_then(|s| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(s)
+                .ok()
+        })
+        .unwrap_or_default();
+    let key = ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, pk);
+    match rec.get("sig_format").and_then(Value::as_u64) {
+        Some(2) => {
+            let ts = rec.get("ts").and_then(Value::as_str)?;
+            let msg = super::checkpoint_message(seq, ts, head);
+            key.verify(&msg, &sig).ok().map(|()| false)
+        }
+        None => key.verify(head.as_bytes(), &sig).ok().map(|()| true),
+        Some(_) => None,
+    }
 }
 
 /// Checks `seq` and `prev` across `files` in order, and checkpoints.
@@ -120,19 +196,178 @@ pub fn verify(files: &[PathBuf], opts: &VerifyOptions) -> Result<Verified, Broke
         last_seq: None,
         head: ZERO_HASH.to_string(),
         pruned_start: false,
+        pruned_by_retention: false,
         checkpoints: 0,
+        legacy_checkpoints: 0,
         last_checkpoint_head: None,
         after_last_checkpoint: 0,
         repairs: vec![],
+        summaries: 0,
+        prunes: 0,
     };
-    let mut pruned_at: Option<Broken> = None;
+    // Where the chain starts when not at seq 1: (where, seq, prev).
+    let mut pruned_at: Option<(Broken, u64, String)> = None;
+    // How far `prune`/`rotate` records say retention removed the start.
+    let mut accounted: Vec<PrunedThrough> = Vec::new();
     let mut expected_seen = false;
     let mut last_pos: Option<Broken> = None;
+    let mut failure: Option<Broken> = None;
     for f in files {
         let name = f.display().to_string();
-        let data = std::fs::read(f).map_err(|e| io_broken(f, &e))?;
-        if !data.is_empty() && !data.ends_with(b"\n") {
-            let line = data.split(|b| *b == b'\n').count();
+        let mut first_in_file = true;
+        let end = lines::for_each_line(f, |n, raw| {
+            if raw.is_empty() {
+                return true;
+            }
+            let bad = |seq: Option<u64>, message: String| Broken {
+                file: name.clone(),
+                line: n,
+                seq,
+                message,
+            };
+            let step = (|| -> Result<(), Broken> {
+                let rec: Value = serde_json::from_slice(raw)
+                    .map_err(|_| bad(None, "not a JSON object".into()))?;
+                let seq = rec
+                    .get("seq")
+                    .and_then(Value::as_u64)
+                    .ok_or_else(|| bad(None, "seq missing or not an integer".into()))?;
+                let prev = rec
+                    .get("prev")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| bad(Some(seq), "prev missing".into()))?;
+                if first_in_file
+                    && let Some(named) = rotated_suffix(f)
+                    && named != seq
+                {
+                    return Err(bad(
+                        Some(seq),
+                        format!("the file is named for seq {named} but starts at seq {seq}"),
+                    ));
+                }
+                match (&prev_hash, prev_seq) {
+                    (None, _) => {
+                        if seq != 1 || prev != ZERO_HASH {
+                            let at = bad(
+                                Some(seq),
+                                format!(
+                                    "the chain starts at seq {seq}, not 1, and no prune record \
+                                     accounts for the records before it (pass \
+                                     --allow-pruned-start to accept a start removed by other \
+                                     means)"
+                                ),
+                            );
+                            pruned_at = Some((at, seq, prev.to_string()));
+                            out.pruned_start = true;
+                        }
+                        out.first_seq = Some(seq);
+                    }
+                    (Some(h), Some(ps)) => {
+                        if seq != ps + 1 {
+                            return Err(bad(
+                                Some(seq),
+                                if seq <= ps {
+                                    format!(
+                                        "seq {seq} does not follow {ps}: the chain restarts or \
+                                         records repeat"
+                                    )
+                                } else {
+                                    format!("seq {seq} does not follow {ps}")
+                                },
+                            ));
+                        }
+                        if prev != h {
+                            let before = if first_in_file {
+                                "the last line of the previous file".to_string()
+                            } else {
+                                format!("line {}", n - 1)
+                            };
+                            return Err(bad(
+                                Some(seq),
+                                format!(
+                                    "prev does not match the SHA-256 of {before}: {before} was \
+                                     changed, or records between them were removed or inserted"
+                                ),
+                            ));
+                        }
+                    }
+                    _ => {}
+                }
+                if let Some(p) = rec
+                    .get("pruned_through")
+                    .and_then(|v| serde_json::from_value::<PrunedThrough>(v.clone()).ok())
+                {
+                    accounted.push(p);
+                }
+                match rec.get("phase").and_then(Value::as_str) {
+                    Some("checkpoint") => {
+                        let head = rec.get("head").and_then(Value::as_str).unwrap_or_default();
+                        if head != prev {
+                            return Err(bad(
+                                Some(seq),
+                                "checkpoint head is not the hash of the record before it".into(),
+                            ));
+                        }
+                        if let Some(pk) = &opts.public_key {
+                            match check_signature(&rec, seq, head, pk) {
+                                Some(legacy) => out.legacy_checkpoints += u64::from(legacy),
+                                None => {
+                                    return Err(bad(
+                                        Some(seq),
+                                        "checkpoint signature does not verify with the given \
+                                         public key"
+                                            .into(),
+                                    ));
+                                }
+                            }
+                        } else if rec.get("sig_format").is_none() {
+                            out.legacy_checkpoints += 1;
+                        }
+                        if opts.expect_head.as_deref() == Some(head) {
+                            expected_seen = true;
+                        }
+                        out.checkpoints += 1;
+                        out.last_checkpoint_head = Some(head.to_string());
+                        out.after_last_checkpoint = 0;
+                    }
+                    Some("repair") => {
+                        let reason = rec
+                            .get("reason")
+                            .and_then(Value::as_str)
+                            .unwrap_or("repair");
+                        out.repairs.push((seq, reason.to_string()));
+                        out.after_last_checkpoint += 1;
+                    }
+                    Some(phase) => {
+                        out.summaries += u64::from(phase == "summary");
+                        out.prunes += u64::from(phase == "prune");
+                        out.after_last_checkpoint += 1;
+                    }
+                    None => out.after_last_checkpoint += 1,
+                }
+                let h = hex::encode(Sha256::digest(raw));
+                prev_hash = Some(h.clone());
+                prev_seq = Some(seq);
+                out.head = h;
+                out.last_seq = Some(seq);
+                out.records += 1;
+                last_pos = Some(bad(Some(seq), String::new()));
+                Ok(())
+            })();
+            first_in_file = false;
+            match step {
+                Ok(()) => true,
+                Err(b) => {
+                    failure = Some(b);
+                    false
+                }
+            }
+        })
+        .map_err(|e| line_broken(f, &e))?;
+        if let Some(b) = failure {
+            return Err(b);
+        }
+        if let lines::End::Torn(line) = end {
             return Err(Broken {
                 file: name,
                 line,
@@ -140,117 +375,6 @@ pub fn verify(files: &[PathBuf], opts: &VerifyOptions) -> Result<Verified, Broke
                 message: "the last line is torn (no line end); start the gateway once to seal it"
                     .into(),
             });
-        }
-        for (i, raw) in data.split(|b| *b == b'\n').enumerate() {
-            if raw.is_empty() {
-                continue;
-            }
-            let bad = |seq: Option<u64>, message: String| Broken {
-                file: name.clone(),
-                line: i + 1,
-                seq,
-                message,
-            };
-            let rec: Value =
-                serde_json::from_slice(raw).map_err(|_| bad(None, "not a JSON object".into()))?;
-            let seq = rec
-                .get("seq")
-                .and_then(Value::as_u64)
-                .ok_or_else(|| bad(None, "seq missing or not an integer".into()))?;
-            let prev = rec
-                .get("prev")
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad(Some(seq), "prev missing".into()))?;
-            match (&prev_hash, prev_seq) {
-                (None, _) => {
-                    if seq != 1 || prev != ZERO_HASH {
-                        pruned_at = Some(bad(
-                            Some(seq),
-                            format!(
-                                "the chain starts at seq {seq}, not 1: older records were removed \
-                                 (pass --allow-pruned-start to accept a pruned start, or \
-                                 --public-key to anchor it on a signed checkpoint)"
-                            ),
-                        ));
-                        out.pruned_start = true;
-                    }
-                    out.first_seq = Some(seq);
-                }
-                (Some(h), Some(ps)) => {
-                    if seq != ps + 1 {
-                        return Err(bad(Some(seq), format!("seq {seq} does not follow {ps}")));
-                    }
-                    if prev != h {
-                        let before = if i == 0 {
-                            "the last line of the previous file".to_string()
-                        } else {
-                            format!("line {i}")
-                        };
-                        return Err(bad(
-                            Some(seq),
-                            format!(
-                                "prev does not match the SHA-256 of {before}: {before} was changed, \
-                                 or records between them were removed or inserted"
-                            ),
-                        ));
-                    }
-                }
-                _ => {}
-            }
-            match rec.get("phase").and_then(Value::as_str) {
-                Some("checkpoint") => {
-                    let head = rec.get("head").and_then(Value::as_str).unwrap_or_default();
-                    if head != prev {
-                        return Err(bad(
-                            Some(seq),
-                            "checkpoint head is not the hash of the record before it".into(),
-                        ));
-                    }
-                    if let Some(pk) = &opts.public_key {
-                        let sig = rec
-                            .get("sig")
-                            .and_then(Value::as_str)
-                            .and_then(|s| {
-                                use base64::Engine;
-                                base64::engine::general_purpose::URL_SAFE_NO_PAD
-                                    .decode(s)
-                                    .ok()
-                            })
-                            .unwrap_or_default();
-                        let key =
-                            ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, pk);
-                        if key.verify(head.as_bytes(), &sig).is_err() {
-                            return Err(bad(
-                                Some(seq),
-                                "checkpoint signature does not verify with the given public key"
-                                    .into(),
-                            ));
-                        }
-                    }
-                    if opts.expect_head.as_deref() == Some(head) {
-                        expected_seen = true;
-                    }
-                    out.checkpoints += 1;
-                    out.last_checkpoint_head = Some(head.to_string());
-                    out.after_last_checkpoint = 0;
-                }
-                Some("repair") => {
-                    let reason = rec
-                        .get("reason")
-                        .and_then(Value::as_str)
-                        .unwrap_or("repair");
-                    out.repairs.push((seq, reason.to_string()));
-                    out.after_last_checkpoint += 1;
-                }
-                _ => out.after_last_checkpoint += 1,
-            }
-            let h = hex::encode(Sha256::digest(raw));
-            prev_hash = Some(h.clone());
-            prev_seq = Some(seq);
-            out.head = h;
-            out.last_seq = Some(seq);
-            out.records += 1;
-            last_pos = Some(bad(Some(seq), String::new()));
         }
     }
     let end = |message: String| {
@@ -278,10 +402,15 @@ pub fn verify(files: &[PathBuf], opts: &VerifyOptions) -> Result<Verified, Broke
             "the checkpoint with head {h} is not in the chain: its tail was truncated or its last file removed"
         )));
     }
-    if let Some(p) = pruned_at {
-        let anchored = opts.public_key.is_some() && out.checkpoints > 0;
-        if !opts.allow_pruned_start && !anchored {
-            return Err(p);
+    if let Some((at, seq, prev)) = pruned_at {
+        // Accepted only when a prune (or the rotate record after it) says
+        // exactly this much was removed, ending in the record whose hash
+        // the first one present carries.
+        out.pruned_by_retention = accounted
+            .iter()
+            .any(|p| p.seq.checked_add(1) == Some(seq) && p.hash == prev);
+        if !opts.allow_pruned_start && !out.pruned_by_retention {
+            return Err(at);
         }
     }
     Ok(out)
@@ -345,18 +474,15 @@ impl Filter {
 pub fn query(files: &[PathBuf], filter: &Filter) -> Result<Vec<(String, Value)>, Broken> {
     let mut out = Vec::new();
     for f in files {
-        let data = std::fs::read(f).map_err(|e| io_broken(f, &e))?;
-        for raw in data.split(|b| *b == b'\n') {
-            if raw.is_empty() {
-                continue;
-            }
-            let Ok(rec) = serde_json::from_slice::<Value>(raw) else {
-                continue;
-            };
-            if filter.matches(&rec) {
+        lines::for_each_line(f, |_, raw| {
+            if let Ok(rec) = serde_json::from_slice::<Value>(raw)
+                && filter.matches(&rec)
+            {
                 out.push((String::from_utf8_lossy(raw).into_owned(), rec));
             }
-        }
+            true
+        })
+        .map_err(|e| line_broken(f, &e))?;
     }
     Ok(out)
 }
@@ -384,10 +510,12 @@ pub fn table(rows: &[(String, Value)]) -> String {
                 None => return "-".into(),
             }
         }
+        // Recorded strings are caller-chosen: nothing reaches the
+        // terminal raw.
         match cur {
-            Value::String(s) => s.clone(),
+            Value::String(s) => super::escape_controls(s).into_owned(),
             Value::Null => "-".into(),
-            other => other.to_string(),
+            other => super::escape_controls(&other.to_string()).into_owned(),
         }
     };
     let grid: Vec<Vec<String>> = rows

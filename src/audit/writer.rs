@@ -10,12 +10,36 @@
 //! writer continues the chain from the file's last line at start, seals a
 //! torn last line with a `repair` record, notices a live file that was
 //! removed or replaced (and says so in a `repair` record in the new one),
-//! rotates by size, prunes old files, signs `checkpoint` records on an
-//! interval and at shutdown, and mirrors each line to stdout when asked.
+//! rotates by size without ever replacing a file, removes files past their
+//! retention with a `prune` record accounting for them, keeps the trail
+//! within its size budget by refusing (never by deleting), counts denials
+//! of unauthenticated requests past their budget into `summary` records,
+//! signs `checkpoint` records on an interval and at shutdown, and mirrors
+//! each line to stdout when asked.
+//!
+//! A rotation, step by step (each step durable before the next; a crash
+//! between any two leaves a trail the next start continues):
+//! 1. the live file `L` is synced (after a final checkpoint);
+//! 2. files past their retention are accounted for by a `prune` record in
+//!    `L`, synced, then removed;
+//! 3. the next live file is written under the name `L.next`: its first
+//!    record is a `rotate` record naming the file it follows, synced;
+//! 4. `L` is linked as `L.<first seq>`: a link never replaces an existing
+//!    name, so a taken name fails closed (a `repair` record, then 503s);
+//! 5. `L.next` is renamed over `L` (whose records live on under the
+//!    rotated name), and the folder is synced.
+//!
+//! At start, a leftover `L.next` is removed (step 5 never happened) and a
+//! live file that is only a second name of its rotated file is unlinked
+//! (step 4 happened, 5 did not); a live file that then holds no record
+//! continues the chain from the newest rotated file, opening with a
+//! `rotate` record of its own.
 
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::MetadataExt;
+use std::net::IpAddr;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -26,7 +50,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
-use super::{AuditError, Phase, Record, ZERO_HASH, now_rfc3339};
+use super::lines::Backwards;
+use super::{
+    AuditError, Phase, PrunedThrough, Record, ZERO_HASH, checkpoint_message, now_rfc3339,
+    rfc3339_millis,
+};
 
 /// Longest line the writer will look for at the end of a file.
 const MAX_LINE_BYTES: u64 = 1 << 20;
@@ -54,9 +82,11 @@ impl Signer {
             .map(Signer)
     }
 
-    /// base64url (unpadded) Ed25519 signature over `head`'s ASCII bytes.
-    pub fn sign(&self, head: &str) -> String {
-        URL_SAFE_NO_PAD.encode(self.0.sign(head.as_bytes()).as_ref())
+    /// base64url (unpadded) Ed25519 signature over a checkpoint's
+    /// [`checkpoint_message`].
+    pub fn sign_checkpoint(&self, seq: u64, ts: &str, head: &str) -> String {
+        let msg = checkpoint_message(seq, ts, head);
+        URL_SAFE_NO_PAD.encode(self.0.sign(&msg).as_ref())
     }
 
     pub fn public_key(&self) -> Vec<u8> {
@@ -69,8 +99,16 @@ impl Signer {
 pub struct Options {
     /// Start a new file once the live one reaches this size.
     pub rotate_bytes: Option<u64>,
-    /// Rotated files kept; older ones are removed.
-    pub keep_files: usize,
+    /// Rotated files whose newest record is older than this are removed,
+    /// accounted for by a `prune` record. `None`: never removed.
+    pub retention: Option<Duration>,
+    /// The trail's size budget (rotated files and the live one): a record
+    /// of a request that would pass it is refused and the log turns
+    /// unavailable until there is room. Nothing is ever deleted for it.
+    pub max_total_bytes: Option<u64>,
+    /// Denials of requests without a verified token recorded one by one
+    /// per second; the rest are counted into one `summary` record.
+    pub unauthenticated_per_s: u32,
     pub signer: Option<Arc<Signer>>,
     pub checkpoint_interval: Duration,
     /// Mirror each record on stdout.
@@ -78,17 +116,35 @@ pub struct Options {
     /// Most durable records one `fsync` answers for; 1 gives one fsync per
     /// durable record (for the benchmark that compares the two).
     pub max_batch: usize,
+    /// Tests only: after this step of a rotation the writer stops touching
+    /// any file, as if the process had been killed there.
+    #[doc(hidden)]
+    pub crash_after: Option<RotationStep>,
+}
+
+/// The steps of a rotation, for tests that crash between them.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotationStep {
+    Synced,
+    Pruned,
+    NextWritten,
+    Linked,
+    Renamed,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             rotate_bytes: None,
-            keep_files: 30,
+            retention: None,
+            max_total_bytes: None,
+            unauthenticated_per_s: 20,
             signer: None,
             checkpoint_interval: Duration::from_secs(60),
             stdout: false,
             max_batch: 4096,
+            crash_after: None,
         }
     }
 }
@@ -134,7 +190,9 @@ impl Shared {
     fn with<R>(&self, f: impl FnOnce(&mut Writer) -> R) -> R {
         let mut w = self.lock();
         let out = f(&mut w);
-        let wake = w.syncer_idle && w.has_work();
+        // A sleeping syncer also wakes to set a nearer timer (a summary
+        // that is due at the end of this second).
+        let wake = w.syncer_idle && (w.has_work() || std::mem::take(&mut w.retime));
         if wake {
             w.syncer_idle = false;
         }
@@ -198,6 +256,16 @@ impl AuditLog {
             syncer_running: true,
             closing: false,
             rotate: false,
+            started: false,
+            rotated_bytes: 0,
+            over_budget: false,
+            budget_checked: Instant::now(),
+            blocked: None,
+            pruned_through: None,
+            retention_checked: None,
+            unauth: Unauth::default(),
+            crashed: false,
+            retime: false,
         };
         writer.ensure_open();
         let shared = Arc::new(Shared {
@@ -233,18 +301,52 @@ impl AuditLog {
         self.shared().available.load(Ordering::SeqCst)
     }
 
-    /// Tries to (re)open the audit file; true when it can be written.
+    /// Tries to (re)open the audit file, and looks again at what made it
+    /// unusable (a full budget, a taken rotation name); true when records
+    /// can be written.
     pub async fn recover(&self) -> bool {
         if self.is_available() {
             return true;
         }
         self.shared().with(|w| {
-            if !w.syncer_running {
+            if !w.syncer_running || w.crashed {
                 return false;
             }
+            w.recheck_budget();
+            w.recheck_blocked();
             w.ensure_open();
-            w.file.is_some()
+            w.usable()
         })
+    }
+
+    /// Whether records are refused for `max_total_bytes`, and the trail's
+    /// size in bytes (rotated files and the live one).
+    pub fn budget_state(&self) -> (bool, u64) {
+        let w = self.shared().lock();
+        (w.over_budget, w.rotated_bytes + w.file_len)
+    }
+
+    /// Appends the denial of a request without a verified token, unless
+    /// this second's `unauthenticated_per_s` were already recorded: then it
+    /// is counted into the second's `summary` record (by reason and client
+    /// address) and nothing is written now.
+    pub async fn append_unauthenticated(
+        &self,
+        record: Record,
+        reason: &'static str,
+        addr: Option<IpAddr>,
+    ) -> Result<(), AuditError> {
+        let record_it = self.shared().with(|w| {
+            if !w.syncer_running || !w.usable() {
+                return Err(AuditError::Unavailable);
+            }
+            Ok(w.unauth_admit(reason, addr))
+        })?;
+        if record_it {
+            self.append(record, false).await
+        } else {
+            Ok(())
+        }
     }
 
     /// Appends `record`: chained and written to the file before this
@@ -386,13 +488,20 @@ fn sync_loop(shared: &Shared, relay: &Relay) {
         if w.has_work() {
             continue;
         }
-        let wait = if w.opts.signer.is_some() {
+        let mut wait = if w.opts.signer.is_some() {
             w.opts
                 .checkpoint_interval
                 .saturating_sub(w.last_checkpoint.elapsed())
         } else {
             Duration::from_secs(3600)
         };
+        if w.opts.retention.is_some() {
+            wait = wait.min(RETENTION_CHECK);
+        }
+        if w.unauth.count > 0 {
+            // The second's summary is written once the second is over.
+            wait = wait.min(until_next_second());
+        }
         w.syncer_idle = true;
         w = match shared.wake.wait_timeout(w, wait) {
             Ok((g, _)) => g,
@@ -489,6 +598,178 @@ struct Writer {
     closing: bool,
     /// The live file reached `rotate_bytes`: the syncer rotates it.
     rotate: bool,
+    /// The chain's place was read from disk once; a later reopen (after a
+    /// failure, or a removed file) keeps the chain state in memory.
+    started: bool,
+    /// Bytes of the rotated files (the live file is `file_len`).
+    rotated_bytes: u64,
+    /// A record was refused for `max_total_bytes`.
+    over_budget: bool,
+    budget_checked: Instant,
+    /// Why the trail refuses records until someone looks (a rotation
+    /// whose target name is taken).
+    blocked: Option<PathBuf>,
+    /// How far retention removed the chain's start.
+    pruned_through: Option<PrunedThrough>,
+    retention_checked: Option<Instant>,
+    /// This second's unauthenticated denials.
+    unauth: Unauth,
+    /// A test's injected crash happened: no file is touched any more.
+    crashed: bool,
+    /// The syncer must look at its timer again (a summary became due).
+    retime: bool,
+}
+
+/// How often a quiet trail looks for files past their retention.
+const RETENTION_CHECK: Duration = Duration::from_secs(60);
+
+/// Client addresses a summary tells apart in one second; more are
+/// counted together as `other`.
+const MAX_SUMMARY_ADDRS: usize = 4096;
+
+/// The unauthenticated denials of one second.
+#[derive(Default)]
+struct Unauth {
+    /// The second (unix time) these counts are for.
+    second: i64,
+    recorded: u32,
+    count: u64,
+    by_reason: BTreeMap<&'static str, u64>,
+    by_addr: HashMap<IpAddr, u64>,
+    other_addrs: u64,
+}
+
+fn unix_now() -> (i64, u32) {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (
+        i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        d.subsec_millis(),
+    )
+}
+
+fn until_next_second() -> Duration {
+    let (_, ms) = unix_now();
+    Duration::from_millis(u64::from(1000 - ms.min(999)) + 5)
+}
+
+fn second_rfc3339(s: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(s)
+        .map(rfc3339_millis)
+        .unwrap_or_default()
+}
+
+/// `<live>.<first seq, 12 digits>`.
+fn rotated_name(live: &Path, first_seq: u64) -> PathBuf {
+    PathBuf::from(format!("{}.{first_seq:012}", live.display()))
+}
+
+/// Where a rotation prepares the next live file.
+pub fn next_name(live: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.next", live.display()))
+}
+
+fn folder_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
+/// Makes renames, links and removals in `dir` durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Creates the audit folder (and missing parents) readable by its owner
+/// only; an existing folder that others can enter is narrowed to 0700.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    let meta = std::fs::metadata(dir)?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        match std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+            Ok(()) => tracing::info!(dir = %dir.display(), "audit folder narrowed to mode 0700"),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "audit folder is open to others and cannot be narrowed to 0700")
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Opens an audit file for reading and appending, created 0600; an
+/// existing one others can read is narrowed to 0600.
+fn open_private(path: &Path, create_new: bool) -> std::io::Result<File> {
+    let mut o = OpenOptions::new();
+    o.read(true).append(true).mode(0o600);
+    if create_new {
+        o.create_new(true);
+    } else {
+        o.create(true);
+    }
+    let file = o.open(path)?;
+    let mode = file.metadata()?.permissions().mode();
+    if mode & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(file)
+}
+
+/// What a file holds at its two ends.
+struct Span {
+    first_seq: u64,
+    first_prev: String,
+    last_seq: u64,
+    last_hash: String,
+    last_ts: i64,
+    bytes: u64,
+}
+
+fn span_of(path: &Path) -> Option<Span> {
+    let first: serde_json::Value =
+        serde_json::from_slice(&super::lines::first_line(path).ok()??).ok()?;
+    let last_line = Backwards::open(path).ok()?.next_line().ok()??;
+    let last: serde_json::Value = serde_json::from_slice(&last_line).ok()?;
+    Some(Span {
+        first_seq: first.get("seq")?.as_u64()?,
+        first_prev: first.get("prev")?.as_str()?.to_string(),
+        last_seq: last.get("seq")?.as_u64()?,
+        last_hash: hex::encode(Sha256::digest(&last_line)),
+        last_ts: super::record_unix_ts(&last)?,
+        bytes: std::fs::metadata(path).ok()?.len(),
+    })
+}
+
+/// How far retention had removed the chain's start, as the newest file
+/// says: its first record (a `rotate` record carries it), or a `prune`
+/// record among its last lines (a crash came before the rotation that
+/// followed it).
+fn pruned_state(path: &Path) -> Option<PrunedThrough> {
+    let from = |v: &serde_json::Value| {
+        serde_json::from_value::<PrunedThrough>(v.get("pruned_through")?.clone()).ok()
+    };
+    if let Ok(mut back) = Backwards::open(path) {
+        for _ in 0..16 {
+            let Ok(Some(line)) = back.next_line() else {
+                break;
+            };
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&line)
+                && v.get("phase").and_then(|p| p.as_str()) == Some("prune")
+                && let Some(p) = from(&v)
+            {
+                return Some(p);
+            }
+        }
+    }
+    let first: serde_json::Value =
+        serde_json::from_slice(&super::lines::first_line(path).ok()??).ok()?;
+    from(&first)
 }
 
 /// Where the chain stood after the last successful write.
@@ -520,6 +801,7 @@ impl Writer {
     /// The syncer's chores between rounds.
     fn maintain(&mut self) {
         self.timed_checkpoint();
+        self.summary_if_due();
         self.maybe_rotate();
     }
 
@@ -600,26 +882,34 @@ impl Writer {
         };
     }
 
+    /// Records can be written: the file is open, within its budget, and no
+    /// rotation is stuck on a taken name.
+    fn usable(&self) -> bool {
+        self.file.is_some() && !self.over_budget && self.blocked.is_none() && !self.crashed
+    }
+
     fn ensure_open(&mut self) {
-        if self.file.is_some() {
+        if self.crashed {
             return;
         }
-        if let Err(e) = self.open_and_seal() {
-            self.fail("open", &e);
-            return;
-        }
-        // After a failure, writing is proven by writing: the gap is
-        // recorded, durably, before anything else is accepted.
-        if let Some((since, error)) = self.failed_since.clone() {
-            let mut rec = Record::new(Phase::Repair);
-            rec.reason = Some("unwritable".into());
-            rec.found = Some(serde_json::json!({ "since": since, "error": error }));
-            if self.write(rec).is_err() || !self.sync() {
+        if self.file.is_none() {
+            if let Err(e) = self.open_and_seal() {
+                self.fail("open", &e);
                 return;
             }
-            self.failed_since = None;
+            // After a failure, writing is proven by writing: the gap is
+            // recorded, durably, before anything else is accepted.
+            if let Some((since, error)) = self.failed_since.clone() {
+                let mut rec = Record::new(Phase::Repair);
+                rec.reason = Some("unwritable".into());
+                rec.found = Some(serde_json::json!({ "since": since, "error": error }));
+                if self.write(rec).is_err() || !self.sync() {
+                    return;
+                }
+                self.failed_since = None;
+            }
         }
-        if !self.available.swap(true, Ordering::SeqCst) {
+        if self.usable() && !self.available.swap(true, Ordering::SeqCst) {
             tracing::info!(path = %self.path.display(), seq = self.seq, "audit file open");
         }
     }
@@ -654,44 +944,120 @@ impl Writer {
         }
     }
 
-    /// Opens the file for append and continues the chain from its last
-    /// line. A torn last line (a crash mid-write) is cut off and sealed by
-    /// a `repair` record saying what was found.
-    fn open_and_seal(&mut self) -> std::io::Result<()> {
-        if let Some(dir) = self.path.parent()
-            && !dir.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(dir)?;
+    /// At start: undoes what a rotation interrupted by a crash left (see
+    /// the module's steps). Its records are all in place either way.
+    fn finish_interrupted_rotation(&self) -> std::io::Result<()> {
+        let dir = folder_of(&self.path);
+        let next = next_name(&self.path);
+        match std::fs::remove_file(&next) {
+            Ok(()) => {
+                tracing::warn!(file = %next.display(), "removed the next file of a rotation that did not finish");
+                sync_dir(dir)?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
         }
-        let mut file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(&self.path)?;
+        let Ok(live) = std::fs::metadata(&self.path) else {
+            return Ok(());
+        };
+        let first = super::lines::first_line(&self.path)
+            .ok()
+            .flatten()
+            .and_then(|l| serde_json::from_slice::<serde_json::Value>(&l).ok())
+            .and_then(|v| v.get("seq").and_then(serde_json::Value::as_u64));
+        let Some(first) = first else { return Ok(()) };
+        let rotated = rotated_name(&self.path, first);
+        if let Ok(r) = std::fs::metadata(&rotated)
+            && (r.dev(), r.ino()) == (live.dev(), live.ino())
+        {
+            // Linked, not yet replaced: the records live on under the
+            // rotated name; the live name goes.
+            std::fs::remove_file(&self.path)?;
+            sync_dir(dir)?;
+            tracing::warn!(rotated = %rotated.display(), "finished a rotation interrupted after its link");
+        }
+        Ok(())
+    }
+
+    /// Opens the file for append and continues the chain from the newest
+    /// record on disk: the live file's last line, or, when the live file
+    /// holds no record yet (a first start after a rotation), the newest
+    /// rotated file's, in which case the live file opens with a `rotate`
+    /// record naming it. A torn last line (a crash mid-write) is cut off
+    /// and sealed by a `repair` record saying what was found.
+    fn open_and_seal(&mut self) -> std::io::Result<()> {
+        private_dir(folder_of(&self.path))?;
+        if !self.started {
+            self.finish_interrupted_rotation()?;
+        }
+        let mut file = open_private(&self.path, false)?;
         let meta = file.metadata()?;
         let tail = read_tail(&mut file)?;
-        if let Some(last) = &tail.last_line {
-            let seq = serde_json::from_slice::<serde_json::Value>(last)
-                .ok()
-                .and_then(|v| v.get("seq").and_then(serde_json::Value::as_u64))
-                .ok_or_else(|| std::io::Error::other("the last complete audit line has no seq"))?;
-            self.seq = seq;
-            self.prev = hex::encode(Sha256::digest(last));
+        let mut torn: Option<(PathBuf, Vec<u8>)> = None;
+        let live_len = meta.len() - tail.torn.len() as u64;
+        if !tail.torn.is_empty() {
+            file.set_len(live_len)?;
+            file.sync_data()?;
+            torn = Some((self.path.clone(), tail.torn));
         }
+        let mut follows = None;
+        if let Some(last) = &tail.last_line {
+            self.seq = seq_of(last)?;
+            self.prev = hex::encode(Sha256::digest(last));
+            if !self.started {
+                self.pruned_through = pruned_state(&self.path);
+            }
+        } else if !self.started
+            && let Some(newest) = rotated_files(&self.path).pop()
+        {
+            let mut f = OpenOptions::new().read(true).write(true).open(&newest)?;
+            let t = read_tail(&mut f)?;
+            if !t.torn.is_empty() {
+                let len = f.metadata()?.len() - t.torn.len() as u64;
+                f.set_len(len)?;
+                f.sync_data()?;
+                torn = Some((newest.clone(), t.torn));
+            }
+            let last = t.last_line.ok_or_else(|| {
+                std::io::Error::other(format!(
+                    "the rotated audit file {} holds no record",
+                    newest.display()
+                ))
+            })?;
+            self.seq = seq_of(&last)?;
+            self.prev = hex::encode(Sha256::digest(&last));
+            self.pruned_through = pruned_state(&newest);
+            follows = newest.file_name().map(|n| n.to_string_lossy().into_owned());
+        }
+        if !self.started {
+            self.rotated_bytes = rotated_files(&self.path)
+                .iter()
+                .filter_map(|f| std::fs::metadata(f).ok())
+                .map(|m| m.len())
+                .sum();
+        }
+        self.started = true;
         self.file_first_seq = first_seq(&mut file)?;
-        self.file_len = meta.len() - tail.torn.len() as u64;
+        self.file_len = live_len;
         self.identity = Some((meta.dev(), meta.ino()));
         self.commit();
-        if !tail.torn.is_empty() {
-            file.set_len(self.file_len)?;
-            file.sync_data()?;
-            self.file = Some(Arc::new(file));
+        self.file = Some(Arc::new(file));
+        if let Some(name) = follows {
+            let rec = self.rotate_record(name);
+            self.write(rec)
+                .map_err(|_| std::io::Error::other("rotate record write"))?;
+            if !self.sync() {
+                return Err(std::io::Error::other("rotate record fsync"));
+            }
+        }
+        if let Some((path, torn)) = torn {
             let mut rec = Record::new(Phase::Repair);
             rec.reason = Some("torn_last_line".into());
             rec.found = Some(serde_json::json!({
-                "torn_bytes": tail.torn.len(),
-                "torn_sha256": hex::encode(Sha256::digest(&tail.torn)),
-                "torn_text": String::from_utf8_lossy(&tail.torn),
+                "file": path.file_name().map(|n| n.to_string_lossy().into_owned()),
+                "torn_bytes": torn.len(),
+                "torn_sha256": hex::encode(Sha256::digest(&torn)),
+                "torn_text": super::bounded(&String::from_utf8_lossy(&torn), 512),
             }));
             self.write(rec)
                 .map_err(|_| std::io::Error::other("repair write"))?;
@@ -699,39 +1065,188 @@ impl Writer {
                 return Err(std::io::Error::other("repair fsync"));
             }
             tracing::warn!(
-                bytes = tail.torn.len(),
+                bytes = torn.len(),
+                file = %path.display(),
                 "audit file ended in a torn line; sealed it with a repair record"
             );
-            return Ok(());
         }
-        self.file = Some(Arc::new(file));
         Ok(())
     }
 
+    /// The first record of a file that continues `follows`.
+    fn rotate_record(&self, follows: String) -> Record {
+        let mut rec = Record::new(Phase::Rotate);
+        rec.follows = Some(follows);
+        rec.pruned_through = self.pruned_through.clone();
+        rec
+    }
+
     /// Chains `rec` and adds its line to the batch buffer; [`flush`]
-    /// writes the buffer (and [`sync`] flushes first).
+    /// writes the buffer (and [`sync`] flushes first). A checkpoint is
+    /// signed here, over its own `seq`, `ts` and `head`. A request's
+    /// record that would take the trail past `max_total_bytes` is refused.
     fn write(&mut self, mut rec: Record) -> Result<(), AuditError> {
-        if self.file.is_none() {
+        if self.file.is_none() || self.crashed {
             return Err(AuditError::Unavailable);
         }
         rec.seq = self.seq + 1;
         rec.ts = now_rfc3339();
         rec.prev = std::mem::take(&mut self.prev);
+        if rec.phase == Phase::Checkpoint
+            && let Some(signer) = &self.opts.signer
+        {
+            rec.sig = Some(signer.sign_checkpoint(rec.seq, &rec.ts, &rec.prev));
+            rec.sig_format = Some(2);
+            rec.head = Some(rec.prev.clone());
+        }
         let start = self.pending.len();
         if serde_json::to_writer(&mut self.pending, &rec).is_err() {
             self.pending.truncate(start);
             self.prev = rec.prev;
             return Err(AuditError::Unavailable);
         }
+        let line_len = (self.pending.len() - start) as u64 + 1;
+        let budgeted = matches!(rec.phase, Phase::Denied | Phase::Attempt | Phase::Summary);
+        if budgeted
+            && let Some(max) = self.opts.max_total_bytes
+            && self.rotated_bytes + self.file_len + line_len > max
+        {
+            self.pending.truncate(start);
+            self.prev = rec.prev;
+            self.refuse_over_budget(max);
+            return Err(AuditError::Unavailable);
+        }
         self.prev = hex::encode(Sha256::digest(&self.pending[start..]));
         self.pending.push(b'\n');
         self.seq += 1;
-        self.file_len += (self.pending.len() - start) as u64;
+        self.file_len += line_len;
         self.file_first_seq.get_or_insert(self.seq);
         if rec.phase != Phase::Checkpoint {
             self.since_checkpoint += 1;
         }
         Ok(())
+    }
+
+    fn refuse_over_budget(&mut self, max: u64) {
+        if !self.over_budget {
+            tracing::error!(
+                max_total_bytes = max,
+                bytes = self.rotated_bytes + self.file_len,
+                "the audit trail reached max_total_bytes; refusing requests until there is room (nothing is deleted for it)"
+            );
+        }
+        self.over_budget = true;
+        self.budget_checked = Instant::now();
+        self.available.store(false, Ordering::SeqCst);
+    }
+
+    /// Over budget: at most once a second, sizes the rotated files again
+    /// (an operator may have archived some) and lifts the refusal when
+    /// the trail is back under its budget.
+    fn recheck_budget(&mut self) {
+        let Some(max) = self.opts.max_total_bytes else {
+            self.over_budget = false;
+            return;
+        };
+        if !self.over_budget || self.budget_checked.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        self.budget_checked = Instant::now();
+        self.rotated_bytes = rotated_files(&self.path)
+            .iter()
+            .filter_map(|f| std::fs::metadata(f).ok())
+            .map(|m| m.len())
+            .sum();
+        if self.rotated_bytes + self.file_len < max {
+            self.over_budget = false;
+            tracing::info!("the audit trail is under max_total_bytes again");
+        }
+    }
+
+    /// A rotation found its target name taken: it is tried again once the
+    /// name is free (someone moved the file that held it).
+    fn recheck_blocked(&mut self) {
+        if let Some(taken) = &self.blocked
+            && !taken.exists()
+        {
+            tracing::info!(name = %taken.display(), "the rotation target name is free again");
+            self.blocked = None;
+            self.rotate = true;
+        }
+    }
+
+    /// Whether this unauthenticated denial is recorded one by one (true)
+    /// or only counted in the second's `summary` (false). A second that is
+    /// over writes the previous second's summary first.
+    fn unauth_admit(&mut self, reason: &'static str, addr: Option<IpAddr>) -> bool {
+        let (now, _) = unix_now();
+        if now != self.unauth.second {
+            self.write_summary();
+            self.unauth.second = now;
+            self.unauth.recorded = 0;
+        }
+        if self.unauth.recorded < self.opts.unauthenticated_per_s {
+            self.unauth.recorded += 1;
+            return true;
+        }
+        let u = &mut self.unauth;
+        u.count += 1;
+        self.retime |= u.count == 1;
+        *u.by_reason.entry(reason).or_default() += 1;
+        match addr {
+            Some(a) if u.by_addr.contains_key(&a) || u.by_addr.len() < MAX_SUMMARY_ADDRS => {
+                *u.by_addr.entry(a).or_default() += 1;
+            }
+            _ => u.other_addrs += 1,
+        }
+        false
+    }
+
+    /// The syncer's turn: a summary of a second that is over.
+    fn summary_if_due(&mut self) {
+        if self.unauth.count > 0 && unix_now().0 != self.unauth.second {
+            self.write_summary();
+            self.unauth.recorded = 0;
+            self.unauth.second = unix_now().0;
+        }
+    }
+
+    /// One `summary` record for the counted denials of `unauth.second`:
+    /// the count, by reason, and the 10 client addresses with the most.
+    fn write_summary(&mut self) {
+        let u = std::mem::take(&mut self.unauth);
+        if u.count == 0 {
+            return;
+        }
+        let mut addrs: Vec<(String, u64)> = u
+            .by_addr
+            .into_iter()
+            .map(|(a, n)| (a.to_string(), n))
+            .collect();
+        if u.other_addrs > 0 {
+            addrs.push(("other".into(), u.other_addrs));
+        }
+        addrs.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        addrs.truncate(10);
+        let mut rec = Record::new(Phase::Summary);
+        rec.decision = Some(super::Decision::Deny);
+        rec.count = Some(u.count);
+        rec.by_reason = Some(serde_json::json!(u.by_reason));
+        rec.by_client_addr = Some(serde_json::Value::Object(
+            addrs
+                .into_iter()
+                .map(|(a, n)| (a, serde_json::Value::from(n)))
+                .collect(),
+        ));
+        rec.window_start = Some(second_rfc3339(u.second));
+        rec.window_end = Some(second_rfc3339(u.second.saturating_add(1)));
+        self.ensure_open();
+        if self.write(rec).is_err() || !self.flush() {
+            tracing::error!(
+                count = u.count,
+                "a summary of unauthenticated denials could not be written"
+            );
+        }
     }
 
     /// Writes the buffered lines in one go. False when they could not be
@@ -791,80 +1306,246 @@ impl Writer {
     /// the last one. True when one was written (or none was needed).
     fn checkpoint_now(&mut self) -> bool {
         self.last_checkpoint = Instant::now();
-        let Some(signer) = self.opts.signer.clone() else {
-            return true;
-        };
-        if self.since_checkpoint == 0 {
+        if self.opts.signer.is_none() || self.since_checkpoint == 0 {
             return true;
         }
         self.ensure_open();
-        let mut rec = Record::new(Phase::Checkpoint);
-        rec.sig = Some(signer.sign(&self.prev));
-        rec.head = Some(self.prev.clone());
-        if self.write(rec).is_err() || !self.sync() {
+        // `write` signs it, over its seq, ts and head.
+        if self.write(Record::new(Phase::Checkpoint)).is_err() || !self.sync() {
             return false;
         }
         self.since_checkpoint = 0;
         true
     }
 
-    /// Past `rotate_bytes`: seal the file with a checkpoint, rename it
-    /// `<file>.<first seq, 12 digits>`, start a new one, prune old ones.
+    /// Test-only crash points: after `step`, nothing touches a file again.
+    fn crashed_after(&mut self, step: RotationStep) -> bool {
+        if self.opts.crash_after == Some(step) {
+            self.crashed = true;
+            self.file = None;
+            self.available.store(false, Ordering::SeqCst);
+        }
+        self.crashed
+    }
+
+    /// A file past its retention is waiting (looked at once a minute).
+    fn retention_due(&mut self) -> bool {
+        let Some(keep) = self.opts.retention else {
+            return false;
+        };
+        if self
+            .retention_checked
+            .is_some_and(|t| t.elapsed() < RETENTION_CHECK)
+        {
+            return false;
+        }
+        self.retention_checked = Some(Instant::now());
+        let cutoff = unix_now().0.saturating_sub(secs(keep));
+        rotated_files(&self.path)
+            .first()
+            .and_then(|f| span_of(f))
+            .is_some_and(|s| s.last_ts < cutoff)
+    }
+
+    /// Past `rotate_bytes`, or when a rotated file is past its retention:
+    /// rotate, in the steps the module names.
     fn maybe_rotate(&mut self) {
         self.rotate = false;
-        let Some(limit) = self.opts.rotate_bytes else {
-            return;
-        };
-        if self.file.is_none() || self.file_len < limit {
+        if self.file.is_none() || self.blocked.is_some() || self.crashed {
             return;
         }
-        self.checkpoint_now();
-        // Records waiting for an fsync are in this file: sync it (answering
-        // them) before it is renamed and let go of.
-        if !self.sync() {
+        let by_size = self
+            .opts
+            .rotate_bytes
+            .is_some_and(|limit| self.file_len >= limit);
+        if !by_size && !self.retention_due() {
             return;
         }
         let Some(first) = self.file_first_seq else {
             return;
         };
-        let rotated = PathBuf::from(format!("{}.{first:012}", self.path.display()));
-        if let Err(e) = std::fs::rename(&self.path, &rotated) {
+        // 1. A final checkpoint; every record of this file durable
+        // (answering whoever waits on one).
+        self.checkpoint_now();
+        if !self.sync() || self.crashed_after(RotationStep::Synced) {
+            return;
+        }
+        // 2. Files past their retention, accounted for in this file.
+        if !self.prune() || self.crashed_after(RotationStep::Pruned) {
+            return;
+        }
+        let rotated = rotated_name(&self.path, first);
+        let next = next_name(&self.path);
+        let dir = folder_of(&self.path).to_path_buf();
+        // 3. The next file, opening with its `rotate` record. Should any
+        // later step fail, the chain goes back to where this file ends.
+        let before = self.committed.clone();
+        let old = (self.file.clone(), self.identity);
+        let undo = |w: &mut Writer| {
+            w.committed = before.clone();
+            w.roll_back();
+            w.file = old.0.clone();
+            w.identity = old.1;
+            let _ = std::fs::remove_file(&next);
+        };
+        let _ = std::fs::remove_file(&next);
+        let created = open_private(&next, true).and_then(|f| {
+            let m = f.metadata()?;
+            Ok((f, (m.dev(), m.ino())))
+        });
+        let (file, identity) = match created {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "audit rotation cannot create its next file; the live file keeps growing");
+                return;
+            }
+        };
+        self.file = Some(Arc::new(file));
+        self.identity = Some(identity);
+        self.file_len = 0;
+        self.file_first_seq = None;
+        let follows = rotated
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let rec = self.rotate_record(follows);
+        if self.write(rec).is_err() || !self.sync() {
+            // `sync` failing made the log unavailable; the old file is
+            // intact and a later request reopens it.
+            undo(self);
+            return;
+        }
+        if self.crashed_after(RotationStep::NextWritten) {
+            return;
+        }
+        // 4. The live file's records under their rotated name. A link
+        // never replaces: a taken name means two chains claim one place.
+        if let Err(e) = std::fs::hard_link(&self.path, &rotated) {
+            undo(self);
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                self.block_on_taken_name(rotated);
+            } else {
+                tracing::error!(error = %e, "audit rotation failed; the live file keeps growing");
+            }
+            return;
+        }
+        if self.crashed_after(RotationStep::Linked) {
+            return;
+        }
+        // 5. The next file becomes the live one.
+        if let Err(e) = std::fs::rename(&next, &self.path) {
+            let _ = std::fs::remove_file(&rotated);
+            undo(self);
             tracing::error!(error = %e, "audit rotation failed; the live file keeps growing");
             return;
         }
-        if let Some(dir) = self.path.parent() {
-            // The rename is durable once the folder is.
-            if let Ok(d) = File::open(if dir.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                dir
-            }) {
-                let _ = d.sync_all();
-            }
+        if self.crashed_after(RotationStep::Renamed) {
+            return;
         }
-        self.file = None;
-        self.identity = None;
-        self.file_first_seq = None;
-        self.file_len = 0;
-        self.ensure_open();
+        if let Err(e) = sync_dir(&dir) {
+            tracing::warn!(error = %e, "cannot sync the audit folder after a rotation");
+        }
+        self.rotated_bytes += before.file_len;
         tracing::info!(rotated = %rotated.display(), "audit file rotated");
-        self.prune();
     }
 
-    fn prune(&self) {
-        let mut rotated = rotated_files(&self.path);
-        while rotated.len() > self.opts.keep_files {
-            let oldest = rotated.remove(0);
-            match std::fs::remove_file(&oldest) {
+    /// A rotation's target name is taken: fail closed. The live file keeps
+    /// every record; a `repair` record says what was found, and requests
+    /// are refused until the name is free.
+    fn block_on_taken_name(&mut self, taken: PathBuf) {
+        tracing::error!(name = %taken.display(), "audit rotation target already exists; refusing requests until it is moved away (nothing is replaced)");
+        let mut rec = Record::new(Phase::Repair);
+        rec.reason = Some("rotation_target_exists".into());
+        rec.found = Some(serde_json::json!({
+            "file": taken.file_name().map(|n| n.to_string_lossy().into_owned()),
+            "live_first_seq": self.file_first_seq,
+        }));
+        if self.write(rec).is_ok() {
+            self.sync();
+        }
+        self.blocked = Some(taken);
+        self.available.store(false, Ordering::SeqCst);
+    }
+
+    /// Removes the oldest rotated files whose newest record is past
+    /// `retention`, after a `prune` record naming each (its seq range and
+    /// last line's hash) and how far the chain's start now goes is
+    /// durable. Only files that continue exactly where the chain's known
+    /// start ends are removed: a start someone else cut is never covered.
+    /// False when the prune record could not be written.
+    fn prune(&mut self) -> bool {
+        let Some(keep) = self.opts.retention else {
+            return true;
+        };
+        let cutoff = unix_now().0.saturating_sub(secs(keep));
+        let mut through = self.pruned_through.clone();
+        let mut removed = Vec::new();
+        for f in rotated_files(&self.path) {
+            let Some(span) = span_of(&f) else { break };
+            if span.last_ts >= cutoff {
+                break;
+            }
+            let (want_seq, want_prev) = match &through {
+                Some(t) => (t.seq + 1, t.hash.as_str()),
+                None => (1, ZERO_HASH),
+            };
+            if span.first_seq != want_seq || span.first_prev != want_prev {
+                tracing::error!(file = %f.display(), "an audit file past its retention does not continue the chain's start; not removed");
+                break;
+            }
+            through = Some(PrunedThrough {
+                seq: span.last_seq,
+                hash: span.last_hash.clone(),
+            });
+            removed.push((f, span));
+        }
+        if removed.is_empty() {
+            return true;
+        }
+        let mut rec = Record::new(Phase::Prune);
+        rec.removed = Some(serde_json::Value::Array(
+            removed
+                .iter()
+                .map(|(f, s)| {
+                    serde_json::json!({
+                        "file": f.file_name().map(|n| n.to_string_lossy().into_owned()),
+                        "first_seq": s.first_seq,
+                        "last_seq": s.last_seq,
+                        "last_hash": s.last_hash,
+                    })
+                })
+                .collect(),
+        ));
+        rec.pruned_through = through.clone();
+        if self.write(rec).is_err() || !self.sync() {
+            return false;
+        }
+        self.pruned_through = through;
+        for (f, span) in &removed {
+            match std::fs::remove_file(f) {
                 Ok(()) => {
-                    tracing::info!(removed = %oldest.display(), "old audit file removed (keep_files)")
+                    self.rotated_bytes = self.rotated_bytes.saturating_sub(span.bytes);
+                    tracing::info!(removed = %f.display(), "audit file past its retention removed");
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, file = %oldest.display(), "cannot remove an old audit file")
+                    tracing::warn!(error = %e, file = %f.display(), "cannot remove an audit file past its retention")
                 }
             }
         }
+        let _ = sync_dir(folder_of(&self.path));
+        true
     }
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+fn seq_of(line: &[u8]) -> std::io::Result<u64> {
+    serde_json::from_slice::<serde_json::Value>(line)
+        .ok()
+        .and_then(|v| v.get("seq").and_then(serde_json::Value::as_u64))
+        .ok_or_else(|| std::io::Error::other("the last complete audit line has no seq"))
 }
 
 /// The rotated files of the live file `path`, oldest first.
@@ -1163,24 +1844,32 @@ mod tests {
         files
     }
 
-    /// Every record is in the files exactly once, and the chain holds.
+    /// Every record is in the files exactly once, and the chain holds;
+    /// besides them, only each rotated-to file's opening `rotate` record.
     fn assert_one_chain_of_400(files: &[PathBuf]) {
         let v =
             crate::audit::verify::verify(files, &crate::audit::verify::VerifyOptions::default())
                 .unwrap();
-        assert_eq!((v.first_seq, v.last_seq), (Some(1), Some(400)));
-        let mut ids: Vec<String> = files
+        let recs: Vec<serde_json::Value> = files
             .iter()
             .flat_map(|f| {
                 std::fs::read_to_string(f)
                     .unwrap()
                     .lines()
-                    .map(|l| {
-                        let r: serde_json::Value = serde_json::from_str(l).unwrap();
-                        r["request_id"].as_str().unwrap().to_string()
-                    })
+                    .map(|l| serde_json::from_str(l).unwrap())
                     .collect::<Vec<_>>()
             })
+            .collect();
+        let rotates = recs.iter().filter(|r| r["phase"] == "rotate").count();
+        assert_eq!(rotates, files.len() - 1, "one per file after the first");
+        assert_eq!(
+            (v.first_seq, v.last_seq),
+            (Some(1), Some(400 + rotates as u64))
+        );
+        let mut ids: Vec<String> = recs
+            .iter()
+            .filter(|r| r["phase"] != "rotate")
+            .map(|r| r["request_id"].as_str().unwrap().to_string())
             .collect();
         ids.sort();
         ids.dedup();
@@ -1203,12 +1892,142 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let opts = Options {
             rotate_bytes: Some(2048),
-            keep_files: 1000,
             ..Options::default()
         };
         let files = concurrent_appends(dir.path(), opts).await;
         assert!(files.len() >= 3, "{} files", files.len());
         assert_one_chain_of_400(&files);
+    }
+
+    /// A crash between any two steps of a rotation: the next start
+    /// continues the chain from the newest record on disk, every record
+    /// that was acknowledged is there once, no file was replaced, and the
+    /// folder verifies.
+    #[tokio::test]
+    async fn a_crash_between_any_two_rotation_steps_continues_the_chain() {
+        use crate::audit::verify::{VerifyOptions, collect_files, verify};
+        for step in [
+            RotationStep::Synced,
+            RotationStep::Pruned,
+            RotationStep::NextWritten,
+            RotationStep::Linked,
+            RotationStep::Renamed,
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("audit.jsonl");
+            let opts = |crash| Options {
+                rotate_bytes: Some(2048),
+                crash_after: crash,
+                ..Options::default()
+            };
+            let mut acked = Vec::new();
+            let mut firsts: Vec<(PathBuf, String)> = Vec::new();
+            // Two rotations happen cleanly before the crashing one.
+            let log = AuditLog::open(path.clone(), opts(None));
+            for i in 0..40 {
+                let mut rec = Record::new(Phase::Attempt);
+                rec.request_id = Some(format!("a{i}").into());
+                log.append(rec, true).await.unwrap();
+                acked.push(format!("a{i}"));
+            }
+            drop(log);
+            for f in rotated_files(&path) {
+                let first = std::fs::read_to_string(&f).unwrap();
+                firsts.push((f, first.lines().next().unwrap().to_string()));
+            }
+            let log = AuditLog::open(path.clone(), opts(Some(step)));
+            let mut i = 0;
+            while log.is_available() && i < 200 {
+                let mut rec = Record::new(Phase::Attempt);
+                rec.request_id = Some(format!("b{i}").into());
+                if log.append(rec, true).await.is_ok() {
+                    acked.push(format!("b{i}"));
+                }
+                i += 1;
+                tokio::task::yield_now().await;
+            }
+            assert!(!log.is_available(), "{step:?}: the crash point was reached");
+            drop(log);
+            // The restart.
+            let log = AuditLog::open(path.clone(), opts(None));
+            assert!(log.recover().await, "{step:?}");
+            for i in 0..30 {
+                let mut rec = Record::new(Phase::Attempt);
+                rec.request_id = Some(format!("c{i}").into());
+                log.append(rec, true).await.unwrap();
+                acked.push(format!("c{i}"));
+            }
+            drop(log);
+            let files = collect_files(&[dir.path().to_path_buf()]).unwrap();
+            let v = verify(&files, &VerifyOptions::default())
+                .unwrap_or_else(|e| panic!("{step:?}: {e}"));
+            assert_eq!(v.first_seq, Some(1), "{step:?}");
+            let mut ids = Vec::new();
+            for f in &files {
+                for l in std::fs::read_to_string(f).unwrap().lines() {
+                    let r: serde_json::Value = serde_json::from_str(l).unwrap();
+                    if let Some(id) = r["request_id"].as_str() {
+                        ids.push(id.to_string());
+                    }
+                }
+            }
+            let mut unique = ids.clone();
+            unique.sort();
+            unique.dedup();
+            assert_eq!(unique.len(), ids.len(), "{step:?}: a record twice");
+            for a in &acked {
+                assert!(ids.contains(a), "{step:?}: acknowledged {a} is gone");
+            }
+            for (f, first) in &firsts {
+                let now = std::fs::read_to_string(f).unwrap();
+                assert_eq!(
+                    now.lines().next(),
+                    Some(first.as_str()),
+                    "{step:?}: {f:?} replaced"
+                );
+            }
+            assert!(
+                !next_name(&path).exists(),
+                "{step:?}: the unfinished next file is gone"
+            );
+        }
+    }
+
+    /// A rotation whose target name is taken replaces nothing: it fails
+    /// closed (a repair record, then unavailable) and goes on once the name
+    /// is free.
+    #[tokio::test]
+    async fn a_taken_rotation_name_fails_closed_and_replaces_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let opts = Options {
+            rotate_bytes: Some(2048),
+            ..Options::default()
+        };
+        let log = AuditLog::open(path.clone(), opts);
+        let taken = rotated_name(&path, 1);
+        std::fs::write(&taken, "someone else's file\n").unwrap();
+        let mut i = 0;
+        while log.is_available() && i < 100 {
+            let _ = log.append(Record::new(Phase::Attempt), true).await;
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert!(!log.is_available(), "refuses once the name is found taken");
+        assert!(!log.recover().await, "still taken");
+        assert_eq!(
+            std::fs::read_to_string(&taken).unwrap(),
+            "someone else's file\n"
+        );
+        let live = std::fs::read_to_string(&path).unwrap();
+        assert!(live.contains("rotation_target_exists"), "{live}");
+        std::fs::rename(&taken, dir.path().join("moved-away")).unwrap();
+        assert!(log.recover().await, "the name is free again");
+        log.append(Record::new(Phase::Attempt), true).await.unwrap();
+        drop(log);
+        let files = vec![rotated_name(&path, 1), path.clone()];
+        crate::audit::verify::verify(&files, &crate::audit::verify::VerifyOptions::default())
+            .unwrap();
     }
 
     #[test]

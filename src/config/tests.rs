@@ -233,6 +233,16 @@ fn limits_and_tls_keys_are_parsed_and_checked() {
         let p = problems(extra);
         assert!(p.iter().any(|s| s.starts_with(key)), "{key}: {p:?}");
     }
+    // keep_files deleted records by count, which let floods push real
+    // records off the disk: a config still naming it is refused, and told
+    // what replaced it.
+    let p = problems("[audit]\nkeep_files = 30");
+    assert!(
+        p.iter().any(|s| s.starts_with("audit.keep_files")
+            && s.contains("retention_days")
+            && s.contains("max_total_bytes")),
+        "{p:?}"
+    );
 }
 
 #[test]
@@ -353,7 +363,9 @@ fn jwks_keys_need_an_https_url_and_sane_intervals() {
 fn audit_keys_have_documented_defaults_and_bounds() {
     let c = parse("").unwrap();
     assert_eq!(c.audit.rotate_bytes, 104_857_600);
-    assert_eq!(c.audit.keep_files, 30);
+    assert_eq!(c.audit.retention_days, 0, "never removed unless asked");
+    assert_eq!(c.audit.max_total_bytes, 0, "no budget unless asked");
+    assert_eq!(c.audit.unauthenticated_records_per_s, 20);
     assert_eq!(c.audit.checkpoint_interval, Duration::from_secs(60));
     assert!(!c.audit.stdout);
     assert!(c.audit.signing_key_file.is_none());
@@ -368,6 +380,8 @@ fn audit_keys_have_documented_defaults_and_bounds() {
             "[audit]\ncheckpoint_interval_s = 0",
             "audit.checkpoint_interval_s",
         ),
+        ("[audit]\nmax_total_bytes = 4096", "audit.max_total_bytes"),
+        ("[audit]\nretention_days = 100000", "audit.retention_days"),
     ] {
         let p = problems(extra);
         assert!(p.iter().any(|s| s.starts_with(key)), "{key}: {p:?}");

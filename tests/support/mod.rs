@@ -547,10 +547,13 @@ impl World {
         self.dir.path().join(rel)
     }
 
+    /// Writes a file readable by its owner only, as key files must be.
     pub fn write(&self, rel: &str, data: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
         let p = self.path(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(&p, data).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         p
     }
 
@@ -905,6 +908,24 @@ pub fn wait_up(port: u16) {
         std::thread::sleep(Duration::from_millis(50));
     }
     panic!("nothing listens on port {port}");
+}
+
+/// Sets fixed ports for a gateway run as the real binary.
+pub fn fixed_ports(d: &mut toml::Table, data: u16, admin: u16) {
+    let s = table(d, "server");
+    s.insert("listen".into(), format!("127.0.0.1:{data}").into());
+    s.insert("admin_listen".into(), format!("127.0.0.1:{admin}").into());
+}
+
+/// The real binary serving `config`, its output discarded.
+pub fn spawn_serve(config: &Path) -> std::process::Child {
+    std::process::Command::new(binary())
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 /// Where the built binary is (for CLI and signal tests).

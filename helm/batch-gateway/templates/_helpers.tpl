@@ -118,31 +118,51 @@ spec:
           mountPath: /etc/batch-gateway/vault
           readOnly: true
         {{- end }}
+        # The service-account token for Vault's Kubernetes login, 0440 (the
+        # automounted token is 0644, which the gateway refuses as a key file).
+        - name: vault-login-token
+          mountPath: /var/run/secrets/batch-gateway/vault
+          readOnly: true
         # Each pod writes its own chain, in a folder named after the pod.
         - name: audit
           mountPath: /var/lib/batch-gateway/audit
           subPathExpr: $(POD_NAME)
   volumes:
+    - name: vault-login-token
+      projected:
+        defaultMode: 0440
+        sources:
+          - serviceAccountToken:
+              path: token
+              expirationSeconds: 3600
     - name: config
       configMap:
         name: {{ include "batch-gateway.fullname" . }}
     - name: audit-hmac
       secret:
         secretName: {{ .Values.audit.hmacKeySecret }}
+        # 0440: the gateway refuses key files anyone may read; fsGroup gives it the group.
+        defaultMode: 0440
     {{- if .Values.audit.signing.enabled }}
     - name: audit-signing
       secret:
         secretName: {{ .Values.audit.signing.secret }}
+        # 0440: the gateway refuses key files anyone may read; fsGroup gives it the group.
+        defaultMode: 0440
     {{- end }}
     {{- if .Values.tls.enabled }}
     - name: tls
       secret:
         secretName: {{ .Values.tls.secret }}
+        # 0440: the gateway refuses key files anyone may read; fsGroup gives it the group.
+        defaultMode: 0440
     {{- end }}
     {{- if .Values.vault.caSecret }}
     - name: vault-ca
       secret:
         secretName: {{ .Values.vault.caSecret }}
+        # 0440: the gateway refuses key files anyone may read; fsGroup gives it the group.
+        defaultMode: 0440
     {{- end }}
     {{- if not .Values.audit.persistence.enabled }}
     - name: audit
