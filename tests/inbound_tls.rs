@@ -174,6 +174,50 @@ async fn mtls_admits_only_clients_of_the_ca_and_records_their_subject() {
     gw.stop().await;
 }
 
+/// A client certificate's subject is caller-chosen text: a very long one
+/// (with escapes) is recorded bounded, and the tokenless request's record
+/// stays under 4 KiB.
+#[tokio::test]
+async fn a_huge_client_certificate_subject_is_recorded_bounded() {
+    let w = World::new().await;
+    let (cert, key) = w.ca.server(&["127.0.0.1"], false);
+    w.write("tls/gw.pem", &cert);
+    w.write("tls/gw.key", &key);
+    let client_ca = Ca::new("client CA");
+    w.write("tls/clients.pem", &client_ca.pem);
+    let gw = w
+        .start_with(|d| {
+            let t: toml::Table = toml::from_str(
+                "cert_file = \"tls/gw.pem\"\nkey_file = \"tls/gw.key\"\nclient_ca_file = \"tls/clients.pem\"",
+            )
+            .unwrap();
+            table(d, "server").insert("tls".into(), t.into());
+        })
+        .await;
+    let cn = format!("{}\u{1b}[31m{}", "\"".repeat(2000), "é".repeat(2000));
+    let client = client_ca.client(&cn);
+    let (st, _) = tls_delete(
+        gw.addr,
+        client_config(&w.ca.pem, Some(&client), &[b"http/1.1"]),
+        false,
+        "not-a-token",
+    )
+    .await
+    .unwrap();
+    assert_eq!(st, 401);
+    gw.stop().await;
+    let lines = w.audit_lines();
+    let denied = lines
+        .iter()
+        .find(|l| l.contains("\"phase\":\"denied\""))
+        .unwrap();
+    assert!(denied.len() < 4096, "{} bytes", denied.len());
+    let rec: serde_json::Value = serde_json::from_str(denied).unwrap();
+    let subject = rec["client_cert"].as_str().unwrap();
+    assert!(subject.starts_with("CN="), "{subject}");
+    assert!(subject.chars().count() <= 512);
+}
+
 #[tokio::test]
 async fn a_renewed_certificate_is_served_after_a_reload_without_a_restart() {
     let w = World::new().await;

@@ -127,6 +127,7 @@ pub struct Options {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RotationStep {
     Synced,
+    PruneRecorded,
     Pruned,
     NextWritten,
     Linked,
@@ -1480,8 +1481,17 @@ impl Writer {
         let cutoff = unix_now().0.saturating_sub(secs(keep));
         let mut through = self.pruned_through.clone();
         let mut removed = Vec::new();
+        // Files a prune record already accounts for, still on disk (a
+        // crash came between the record and the removal): removed now.
+        let mut leftover = Vec::new();
         for f in rotated_files(&self.path) {
             let Some(span) = span_of(&f) else { break };
+            if let Some(t) = &self.pruned_through
+                && span.last_seq <= t.seq
+            {
+                leftover.push((f, span));
+                continue;
+            }
             if span.last_ts >= cutoff {
                 break;
             }
@@ -1500,6 +1510,7 @@ impl Writer {
             removed.push((f, span));
         }
         if removed.is_empty() {
+            self.remove_pruned(&leftover);
             return true;
         }
         let mut rec = Record::new(Phase::Prune);
@@ -1521,7 +1532,20 @@ impl Writer {
             return false;
         }
         self.pruned_through = through;
-        for (f, span) in &removed {
+        if self.crashed_after(RotationStep::PruneRecorded) {
+            return false;
+        }
+        leftover.extend(removed);
+        self.remove_pruned(&leftover);
+        true
+    }
+
+    /// Removes files a durable prune record accounts for.
+    fn remove_pruned(&mut self, files: &[(PathBuf, Span)]) {
+        if files.is_empty() {
+            return;
+        }
+        for (f, span) in files {
             match std::fs::remove_file(f) {
                 Ok(()) => {
                     self.rotated_bytes = self.rotated_bytes.saturating_sub(span.bytes);
@@ -1533,7 +1557,6 @@ impl Writer {
             }
         }
         let _ = sync_dir(folder_of(&self.path));
-        true
     }
 }
 
@@ -1991,6 +2014,73 @@ mod tests {
                 "{step:?}: the unfinished next file is gone"
             );
         }
+    }
+
+    /// Writes `n` chained records dated `days_ago` into `path`,
+    /// continuing (seq, prev).
+    fn old_chain(path: &Path, n: u64, days_ago: i64, seq: u64, prev: &str) -> (u64, String) {
+        let ts = crate::audit::rfc3339_millis(
+            time::OffsetDateTime::now_utc() - time::Duration::days(days_ago),
+        );
+        let (mut seq, mut prev) = (seq, prev.to_string());
+        let mut out = String::new();
+        for _ in 0..n {
+            seq += 1;
+            let line = serde_json::json!({"v": 1, "seq": seq, "ts": ts, "phase": "denied",
+                "decision": "deny", "prev": prev})
+            .to_string();
+            prev = hex::encode(Sha256::digest(line.as_bytes()));
+            out.push_str(&line);
+            out.push('\n');
+        }
+        std::fs::write(path, out).unwrap();
+        (seq, prev)
+    }
+
+    /// A crash after a prune record is durable but before its files are
+    /// removed: the next start removes them (the record accounts for
+    /// them), and later prunes go on; verify accepts the start.
+    #[tokio::test]
+    async fn a_crash_between_a_prune_record_and_the_removal_is_finished_later() {
+        use crate::audit::verify::{VerifyOptions, collect_files, verify};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let (s1, h1) = old_chain(&rotated_name(&path, 1), 5, 10, 0, ZERO_HASH);
+        let (s2, h2) = old_chain(&rotated_name(&path, s1 + 1), 5, 10, s1, &h1);
+        old_chain(&path, 3, 1, s2, &h2);
+        let opts = |crash| Options {
+            retention: Some(Duration::from_secs(5 * 86_400)),
+            crash_after: crash,
+            ..Options::default()
+        };
+        let log = AuditLog::open(path.clone(), opts(Some(RotationStep::PruneRecorded)));
+        // The syncer looks for files past retention as it starts.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while log.is_available() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!log.is_available(), "crashed after the prune record");
+        drop(log);
+        assert!(
+            rotated_name(&path, 1).exists(),
+            "not removed before the crash"
+        );
+        let live = std::fs::read_to_string(&path).unwrap();
+        assert!(live.contains("\"phase\":\"prune\""), "{live}");
+        // The restart: the leftover files go at the next rotation.
+        let log = AuditLog::open(path.clone(), opts(None));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while rotated_name(&path, 1).exists() && Instant::now() < deadline {
+            log.append(Record::new(Phase::Attempt), true).await.unwrap();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        log.append(Record::new(Phase::Attempt), true).await.unwrap();
+        drop(log);
+        assert!(!rotated_name(&path, 1).exists());
+        assert!(!rotated_name(&path, s1 + 1).exists());
+        let files = collect_files(&[dir.path().to_path_buf()]).unwrap();
+        let v = verify(&files, &VerifyOptions::default()).unwrap();
+        assert!(v.pruned_by_retention && v.first_seq > Some(s2), "{v:?}");
     }
 
     /// A rotation whose target name is taken replaces nothing: it fails
