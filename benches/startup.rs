@@ -131,6 +131,8 @@ fn main() {
         let t = Instant::now();
         generate(&audit, mb * 1_000_000);
         eprintln!("generated {mb} MB in {:.1} s", t.elapsed().as_secs_f64());
+        // Let the generated trail's write-back finish before timing starts.
+        let _ = Command::new("sync").status();
         let files = std::fs::read_dir(&audit).unwrap().count();
         let mut times = Vec::new();
         let mut rss: f64 = 0.0;

@@ -248,13 +248,24 @@ pub fn verify(files: &[PathBuf], opts: &VerifyOptions) -> Result<Verified, Broke
                 match (&prev_hash, prev_seq) {
                     (None, _) => {
                         if seq != 1 || prev != ZERO_HASH {
+                            let follows = (rec.get("phase").and_then(Value::as_str)
+                                == Some("rotate"))
+                            .then(|| rec.get("follows").and_then(Value::as_str))
+                            .flatten()
+                            .map(|f| {
+                                format!(
+                                    "; this file continues {}: verify the folder that holds both",
+                                    super::escape_controls(f)
+                                )
+                            })
+                            .unwrap_or_default();
                             let at = bad(
                                 Some(seq),
                                 format!(
                                     "the chain starts at seq {seq}, not 1, and no prune record \
                                      accounts for the records before it (pass \
                                      --allow-pruned-start to accept a start removed by other \
-                                     means)"
+                                     means){follows}"
                                 ),
                             );
                             pruned_at = Some((at, seq, prev.to_string()));

@@ -379,10 +379,14 @@ impl AuditLog {
         answer.await.unwrap_or(Err(AuditError::Unavailable))
     }
 
-    /// Writes a signed checkpoint now (at shutdown), if a signing key is
-    /// configured and records were written since the last one.
+    /// At shutdown: writes the summary of denials counted this second,
+    /// then a signed checkpoint if a signing key is configured and records
+    /// were written since the last one.
     pub async fn checkpoint(&self) -> bool {
-        self.shared().with(Writer::checkpoint_now)
+        self.shared().with(|w| {
+            w.write_summary();
+            w.checkpoint_now()
+        })
     }
 }
 
@@ -479,6 +483,8 @@ fn sync_loop(shared: &Shared, relay: &Relay) {
             continue;
         }
         if w.closing {
+            // Counted denials of the last second are not lost at shutdown.
+            w.write_summary();
             w.checkpoint_now();
             let answers = std::mem::take(&mut w.settled);
             drop(w);
