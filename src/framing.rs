@@ -7,8 +7,15 @@
 //! connection (heads, fixed-length and chunked bodies) and, in a head that
 //! carries both, renames each `Content-Length` to the same-length
 //! [`AMBIGUOUS_HEADER`]; the gateway then answers 400 and closes.
-//! Bytes are never added or removed. On input it cannot follow, it stops
-//! tracking and lets hyper refuse it.
+//! Bytes are never added or removed there. On input it cannot follow, it
+//! stops tracking and lets hyper refuse it.
+//!
+//! It finds the end of a head where hyper's parser (httparse) does: at the
+//! first empty line, whether lines end in CRLF or in a bare LF. A head with
+//! any bare LF or bare CR is not passed on at all: the guard hands hyper a
+//! stand-in head carrying [`BARE_LINE_END_HEADER`] and `Connection: close`
+//! instead, so the gateway answers 400 `bad_framing` and closes, and the
+//! guard and hyper can never read one head two ways.
 
 use std::io;
 use std::pin::Pin;
@@ -20,6 +27,41 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// What a `Content-Length` next to a `Transfer-Encoding` is renamed to
 /// (as long as "Content-Length", so no byte moves).
 pub const AMBIGUOUS_HEADER: &str = "x-ambiguous-cl";
+
+/// Marks the stand-in for a head that had a bare LF or bare CR.
+pub const BARE_LINE_END_HEADER: &str = "x-bare-line-end";
+
+/// What hyper reads instead of a head with a bare line end.
+const STAND_IN: &[u8] =
+    b"POST / HTTP/1.1\r\nx-bare-line-end: 1\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+
+/// Where a request head ends (just after its empty line), as httparse
+/// reads it: a line feed followed by another, or by CR LF.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    memchr::memchr_iter(b'\n', buf).find_map(|p| match buf.get(p + 1..p + 3) {
+        Some([b'\n', ..]) => Some(p + 2),
+        Some([b'\r', b'\n']) => Some(p + 3),
+        None if buf.get(p + 1) == Some(&b'\n') => Some(p + 2),
+        _ => None,
+    })
+}
+
+/// A line feed not after a CR, or a CR not before a line feed.
+fn has_bare_line_end(head: &[u8]) -> bool {
+    memchr::memchr_iter(b'\n', head).any(|p| p == 0 || head[p - 1] != b'\r')
+        || memchr::memchr_iter(b'\r', head).any(|p| head.get(p + 1) != Some(&b'\n'))
+}
+
+/// Inspects a complete head, or replaces it by the stand-in.
+fn decide(head: &[u8], out: &mut BytesMut) -> State {
+    if has_bare_line_end(head) {
+        out.extend_from_slice(STAND_IN);
+        return State::Off;
+    }
+    let at = out.len();
+    out.extend_from_slice(head);
+    inspect(&mut out[at..])
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -84,23 +126,22 @@ impl Tracker {
                     // The usual case: a whole head within this read. It is
                     // inspected where it lands in `out`, without buffering.
                     if self.buf.is_empty()
-                        && let Some(p) = find(&owned[i..], b"\r\n\r\n")
-                        && p + 4 <= self.max_head
+                        && let Some(end) = head_end(&owned[i..])
+                        && end <= self.max_head
                     {
-                        let at = out.len();
-                        out.extend_from_slice(&owned[i..i + p + 4]);
-                        self.state = inspect(&mut out[at..]);
-                        i += p + 4;
+                        self.state = decide(&owned[i..i + end], out);
+                        i += end;
                         continue;
                     }
-                    let scan_from = self.buf.len().saturating_sub(3);
+                    // A terminator not seen before starts at a line feed
+                    // among the last two bytes held, or after them.
+                    let scan_from = self.buf.len().saturating_sub(2);
                     self.buf.extend_from_slice(&owned[i..]);
                     i = owned.len();
-                    if let Some(p) = find(&self.buf[scan_from..], b"\r\n\r\n") {
-                        let rest = self.buf.split_off(scan_from + p + 4);
-                        let mut head = std::mem::take(&mut self.buf);
-                        self.state = inspect(&mut head);
-                        out.extend_from_slice(&head);
+                    if let Some(end) = head_end(&self.buf[scan_from..]) {
+                        let rest = self.buf.split_off(scan_from + end);
+                        let head = std::mem::take(&mut self.buf);
+                        self.state = decide(&head, out);
                         return (!rest.is_empty()).then_some(rest);
                     } else if self.buf.len() > self.max_head {
                         out.extend_from_slice(&std::mem::take(&mut self.buf));
@@ -419,6 +460,78 @@ mod tests {
         assert_eq!(s, State::Head);
         let (s, _) = state("POST /x HTTP/1.1\r\nContent-Length: x\r\n\r\n");
         assert_eq!(s, State::Off);
+    }
+
+    /// The reviewer's reproduction and its variants: a bare LF (or CR)
+    /// anywhere in a head, and heads made only of bare LFs, are replaced by
+    /// the stand-in (400 bad_framing, connection closed), never passed on,
+    /// and a head ended by bare LFs is seen at once, not at the timeout.
+    #[test]
+    fn a_bare_lf_or_cr_in_a_head_is_never_passed_on() {
+        for head in [
+            &b"POST /x HTTP/1.1\r\nX: y\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n"[..],
+            b"POST /x HTTP/1.1\nHost: h\nTransfer-Encoding: chunked\n\n",
+            b"POST /x HTTP/1.1\r\nContent-Length: 5\r\nX: a\rb\r\n\r\n",
+            b"POST /x HTTP/1.1\r\nHost: h\r\n\n",
+            b"POST /x HTTP/1.1\nHost: h\r\n\r\n",
+        ] {
+            let mut input = head.to_vec();
+            input.extend_from_slice(b"0\r\n\r\n");
+            let (out, st) = run(&[&input]);
+            assert!(
+                out.starts_with(STAND_IN),
+                "{:?}",
+                String::from_utf8_lossy(head)
+            );
+            assert_eq!(st, State::Off);
+            let bytewise = run(&input.chunks(1).collect::<Vec<_>>());
+            assert_eq!(bytewise.0[..STAND_IN.len()], *STAND_IN);
+        }
+        // CRLF heads are untouched.
+        let ok = b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(run(&[ok]), (ok.to_vec(), State::Head));
+    }
+
+    proptest::proptest! {
+        /// For any head, the guard and httparse (hyper's parser) agree on
+        /// where it ends and on its header lines, or the guard refuses it.
+        #[test]
+        fn the_guard_and_httparse_read_every_head_alike(
+            parts in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "\r\n", "\n", "\r", " ", "\t", ":", "X", "y", "0", "5",
+                    "Content-Length", "Transfer-Encoding", "chunked", "Host: h",
+                    "Content-Length: 5", "Transfer-Encoding: chunked",
+                ]),
+                0..24,
+            )
+        ) {
+            let mut input = b"POST /x HTTP/1.1\r\n".to_vec();
+            for p in &parts {
+                input.extend_from_slice(p.as_bytes());
+            }
+            input.extend_from_slice(b"\r\n\r\nBODY");
+            let (out, _) = run(&[&input]);
+            if out.starts_with(STAND_IN) {
+                return Ok(()); // refused: hyper never sees the head
+            }
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut req = httparse::Request::new(&mut headers);
+            let Ok(httparse::Status::Complete(end)) = req.parse(&input) else {
+                return Ok(()); // hyper refuses it itself
+            };
+            let guard_end = head_end(&input).unwrap();
+            proptest::prop_assert_eq!(guard_end, end);
+            let ours: Vec<(Vec<u8>, Vec<u8>)> = header_lines(&input[..end])
+                .map(|(_, n, v)| (n.to_vec(), v.to_vec()))
+                .collect();
+            let theirs: Vec<(Vec<u8>, Vec<u8>)> = req
+                .headers
+                .iter()
+                .map(|h| (h.name.as_bytes().to_vec(), h.value.trim_ascii().to_vec()))
+                .collect();
+            proptest::prop_assert_eq!(ours, theirs);
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The life of a request, in order:
 //!
-//! framing → load shedding → audit available? → read body (bounded) →
-//! 1 authenticate → 2 route → 3 authorize → 4 validate → 5 binding →
+//! framing → audit available? → 1 authenticate (from the headers) →
+//! load shedding → read body (bounded) → 2 route → 3 authorize →
+//! 4 validate → 5 binding →
 //! 6 secrets → 7 audit attempt (fsync) → 8 forward (or dry run) →
 //! 9 audit outcome → answer.
 //!
@@ -166,15 +167,40 @@ where
         let err = GatewayError::new(Reject::AuditUnavailable);
         return (rescue(&err, Some(&rid)), trace);
     }
-    let slot = app.inflight.clone().try_acquire_owned();
-    app.metrics.in_flight.inc();
-    let _counted = InFlight(&app);
-    let result = match slot {
-        Err(_) => Err(GatewayError::new(Reject::Overloaded)),
-        Ok(_slot) => match read_body(&app, &parts.headers, body).await {
-            Ok(bytes) => pipeline(&app, &app.state(), &mut trace, &parts, bytes).await,
+    let state = app.state();
+    // The token is checked from the headers, before the body is read: a
+    // caller without a valid token is answered without waiting for its
+    // body and never holds an in-flight slot. A body declared larger than
+    // allowed is refused first, whatever the token.
+    let mut body_unread = !body.is_end_stream();
+    let result = if declared_over_max(&app, &parts.headers) {
+        // Read (a bounded part of it) so that the caller sees the 413.
+        Err(match read_body(&app, &parts.headers, body).await {
+            Err(e) => e,
+            Ok(_) => GatewayError::new(Reject::BodyTooLarge),
+        })
+    } else {
+        match authenticate(&app, &state, &mut trace, &parts).await {
             Err(e) => Err(e),
-        },
+            Ok(principal) => {
+                let slot = app.inflight.clone().try_acquire_owned();
+                app.metrics.in_flight.inc();
+                let _counted = InFlight(&app);
+                match slot {
+                    Err(_) => Err(GatewayError::new(Reject::Overloaded)),
+                    Ok(_slot) => {
+                        let read = read_body(&app, &parts.headers, body).await;
+                        body_unread = read.is_err();
+                        match read {
+                            Ok(bytes) => {
+                                pipeline(&app, &state, &mut trace, &parts, &principal, bytes).await
+                            }
+                            Err(e) => Err(e),
+                        }
+                    }
+                }
+            }
+        }
     };
     let resp = match result {
         Ok(resp) => resp,
@@ -197,32 +223,28 @@ where
                 let unavailable = GatewayError::new(Reject::AuditUnavailable);
                 return (rescue(&unavailable, Some(&rid)), trace);
             }
-            rescue(&err, Some(&rid))
+            let mut resp = rescue(&err, Some(&rid));
+            if body_unread && parts.version < http::Version::HTTP_2 {
+                // The rest of the body is not waited for: the connection
+                // cannot carry another request.
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            resp
         }
     };
     (resp, trace)
 }
 
-/// Steps 1-9. `Err` is a denial before anything was sent (the caller
-/// writes its `denied` record); every later outcome is answered here.
-async fn pipeline(
+/// Step 1, from the headers alone: the caller's token. What the token
+/// claimed goes into the trace either way; a verified caller is recorded
+/// as such.
+async fn authenticate(
     app: &App,
     state: &crate::State,
     trace: &mut Trace,
     parts: &Parts,
-    body: Bytes,
-) -> Result<Response<Full<Bytes>>, GatewayError> {
-    let target = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or_else(|| parts.uri.path());
-    // An absolute-form HTTP/1.1 target (`POST https://host/...`) never
-    // routes; HTTP/2 always carries scheme and authority apart from :path.
-    let absolute_form = parts.uri.scheme().is_some() && parts.version != http::Version::HTTP_2;
-    let target = if absolute_form { "" } else { target };
-
-    // 1. Authenticate.
+) -> Result<Arc<crate::authn::Principal>, GatewayError> {
     let (principal, token) = state
         .authn
         .authenticate(&parts.headers)
@@ -251,6 +273,41 @@ async fn pipeline(
     });
     trace.caller = Some(caller.clone());
     drop(token);
+    Ok(principal)
+}
+
+/// The body's declared length is over `max_body_bytes`: refused before
+/// the token is looked at.
+fn declared_over_max(app: &App, headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > app.server().max_body_bytes as u64)
+}
+
+/// Steps 1-9. `Err` is a denial before anything was sent (the caller
+/// writes its `denied` record); every later outcome is answered here.
+async fn pipeline(
+    app: &App,
+    state: &crate::State,
+    trace: &mut Trace,
+    parts: &Parts,
+    principal: &Arc<crate::authn::Principal>,
+    body: Bytes,
+) -> Result<Response<Full<Bytes>>, GatewayError> {
+    let target = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or_else(|| parts.uri.path());
+    // An absolute-form HTTP/1.1 target (`POST https://host/...`) never
+    // routes; HTTP/2 always carries scheme and authority apart from :path.
+    let absolute_form = parts.uri.scheme().is_some() && parts.version != http::Version::HTTP_2;
+    let target = if absolute_form { "" } else { target };
+
+    // 1. Authenticated from the headers already (see `serve`).
+    let principal = principal.as_ref();
 
     // 2. Route.
     let action = policy::route(&parts.method, target).ok_or(Reject::RouteNotFound)?;
@@ -263,7 +320,7 @@ async fn pipeline(
             GatewayError::new(Reject::Forbidden).detail(Forbidden::UnknownProject.detail())
         })?);
     }
-    let permit = policy::authorize(&state.config, &principal, &project_headers, action).map_err(
+    let permit = policy::authorize(&state.config, principal, &project_headers, action).map_err(
         |f| match f {
             Forbidden::DuplicateProjectHeader => GatewayError::new(Reject::MalformedParameter)
                 .detail(f.detail())
@@ -596,7 +653,10 @@ fn framing_error(h: &HeaderMap) -> Option<GatewayError> {
     let te: Vec<_> = h.get_all(header::TRANSFER_ENCODING).iter().collect();
     let cl: Vec<_> = h.get_all(header::CONTENT_LENGTH).iter().collect();
     let bad = || Some(GatewayError::new(Reject::BadFraming));
-    if (!te.is_empty() && !cl.is_empty()) || h.contains_key(crate::framing::AMBIGUOUS_HEADER) {
+    if (!te.is_empty() && !cl.is_empty())
+        || h.contains_key(crate::framing::AMBIGUOUS_HEADER)
+        || h.contains_key(crate::framing::BARE_LINE_END_HEADER)
+    {
         return bad();
     }
     if te.len() > 1 || te.first().is_some_and(|v| v.as_bytes() != b"chunked") {

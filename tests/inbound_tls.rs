@@ -174,6 +174,97 @@ async fn mtls_admits_only_clients_of_the_ca_and_records_their_subject() {
     gw.stop().await;
 }
 
+/// HTTP/2 streams without a valid token whose bodies never end are
+/// answered 401 at once and hold no in-flight slot: many of them on one
+/// connection leave a valid delete on the same connection unaffected.
+#[tokio::test]
+async fn h2_tokenless_streams_with_endless_bodies_hold_no_slot() {
+    use futures_util::StreamExt;
+    let w = World::new().await;
+    let (cert, key) = w.ca.server(&["127.0.0.1"], false);
+    w.write("tls/gw.pem", &cert);
+    w.write("tls/gw.key", &key);
+    let gw = w
+        .start_with(|d| {
+            let t: toml::Table =
+                toml::from_str("cert_file = \"tls/gw.pem\"\nkey_file = \"tls/gw.key\"").unwrap();
+            let s = table(d, "server");
+            s.insert("tls".into(), t.into());
+            s.insert("max_concurrent_requests".into(), 2.into());
+            s.insert("body_read_timeout_ms".into(), 10_000.into());
+        })
+        .await;
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let conn = tokio_rustls::TlsConnector::from(Arc::new(client_config(&w.ca.pem, None, &[b"h2"])));
+    let tls = conn
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (send, c) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(c);
+    type Endless = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+    let endless = || -> Endless {
+        let first = futures_util::stream::once(async {
+            Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from_static(b"{")))
+        });
+        BodyExt::boxed(http_body_util::StreamBody::new(
+            first.chain(futures_util::stream::pending()),
+        ))
+    };
+    let uri = format!("https://127.0.0.1:{}{DELETE}", gw.addr.port());
+    let mut streams = Vec::new();
+    for i in 0..8 {
+        let mut b = hyper::Request::post(uri.as_str()).header("content-length", "100");
+        if i % 2 == 1 {
+            b = b.header("authorization", "Bearer not.a.token");
+        }
+        let req = b.body(endless()).unwrap();
+        let mut send = send.clone();
+        streams.push(tokio::spawn(async move {
+            send.ready().await.unwrap();
+            send.send_request(req).await.map(|r| r.status().as_u16())
+        }));
+    }
+    for s in streams {
+        let st = tokio::time::timeout(std::time::Duration::from_secs(3), s)
+            .await
+            .expect("answered without waiting for the body")
+            .unwrap()
+            .unwrap();
+        assert_eq!(st, 401);
+    }
+    // And more left pending while a valid delete runs on the connection.
+    let mut pending = Vec::new();
+    for _ in 0..4 {
+        let req = hyper::Request::post(uri.as_str())
+            .header("content-length", "100")
+            .body(endless())
+            .unwrap();
+        let mut send = send.clone();
+        pending.push(tokio::spawn(
+            async move { send.send_request(req).await.is_ok() },
+        ));
+    }
+    let body: Endless = Full::new(Bytes::from(delete_body(&campaign_id())))
+        .map_err(|e| match e {})
+        .boxed();
+    let req = hyper::Request::post(uri.as_str())
+        .header("authorization", format!("Bearer {}", w.token("growth")))
+        .header("content-type", "application/json")
+        .body(body)
+        .unwrap();
+    let mut s = send.clone();
+    let resp = s.send_request(req).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    assert_eq!(w.batch().count(), 1);
+    gw.stop().await;
+}
+
 /// A client certificate's subject is caller-chosen text: a very long one
 /// (with escapes) is recorded bounded, and the tokenless request's record
 /// stays under 4 KiB.

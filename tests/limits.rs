@@ -51,6 +51,55 @@ async fn content_length_with_transfer_encoding_is_refused_and_the_connection_clo
     gw.stop().await;
 }
 
+/// A bare LF or bare CR anywhere in a request head (the guard and hyper
+/// could read such a head two ways) is answered 400 `bad_framing` at once,
+/// the connection closed, nothing forwarded; with a valid token and a
+/// valid chunked delete behind it, and whatever the line-end trick.
+#[tokio::test]
+async fn a_bare_lf_or_cr_in_the_head_is_refused_at_once_and_the_connection_closed() {
+    let w = World::new().await;
+    let gw = w.start().await;
+    let body = delete_body(&campaign_id());
+    let token = w.token("growth");
+    let chunked = |head: String| {
+        let mut raw = head.into_bytes();
+        raw.extend_from_slice(format!("{:x}\r\n", body.len()).as_bytes());
+        raw.extend_from_slice(&body);
+        raw.extend_from_slice(b"\r\n0\r\n\r\n");
+        raw
+    };
+    let auth = format!("Authorization: Bearer {token}");
+    let cl = format!("Content-Length: {}", body.len());
+    for head in [
+        format!(
+            "POST {DELETE} HTTP/1.1\r\nHost: gw\r\n{auth}\r\nX: y\nTransfer-Encoding: chunked\r\n{cl}\r\n\r\n"
+        ),
+        format!(
+            "POST {DELETE} HTTP/1.1\r\nHost: gw\r\n{auth}\r\nTransfer-Encoding: chunked\r\nX: y\n{cl}\r\n\r\n"
+        ),
+        format!("POST {DELETE} HTTP/1.1\nHost: gw\n{auth}\nTransfer-Encoding: chunked\n\n"),
+        format!(
+            "POST {DELETE} HTTP/1.1\r\nHost: gw\r\n{auth}\r\nX: a\rb\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ),
+        format!("POST {DELETE} HTTP/1.1\r\nHost: gw\r\n{auth}\r\nTransfer-Encoding: chunked\r\n\n"),
+    ] {
+        let started = Instant::now();
+        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(&chunked(head.clone())).await.unwrap();
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+            .await
+            .expect("the connection is closed, not left waiting")
+            .unwrap();
+        let r = parse_response(&buf).unwrap();
+        assert_eq!(r.status, 400, "{head:?}");
+        assert_eq!(r.header("x-gateway-error"), Some("bad_framing"), "{head:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+    assert_eq!(w.batch().count(), 0, "nothing forwarded");
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn an_oversized_header_section_gets_431() {
     let w = World::new().await;
@@ -136,6 +185,64 @@ async fn a_slow_body_is_cut_off_after_the_body_read_timeout() {
     let r = parse_response(&buf).unwrap();
     r.assert_gateway_error(408, "body_timeout", "31");
     assert_eq!(w.batch().count(), 0);
+    gw.stop().await;
+}
+
+/// The reviewer's reproduction: connections without a valid token that
+/// declare a body and never send it. Each is answered 401 at once (the
+/// connection closed, the body not waited for) and holds no in-flight
+/// slot, so a valid delete is unaffected even with every slot's worth of
+/// them open; a valid caller's slow body is still bounded (above).
+#[tokio::test]
+async fn tokenless_slow_bodies_hold_no_slot_and_are_answered_at_once() {
+    let w = World::new().await;
+    let gw = w
+        .start_with(|d| {
+            let s = table(d, "server");
+            s.insert("max_concurrent_requests".into(), 4.into());
+            s.insert("body_read_timeout_ms".into(), 10_000.into());
+        })
+        .await;
+    let mut open = Vec::new();
+    for i in 0..16 {
+        let auth = match i % 3 {
+            0 => String::new(),
+            1 => "Authorization: Bearer not.a.token\r\n".to_string(),
+            _ => format!("Authorization: Bearer {}x\r\n", w.token("growth")),
+        };
+        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let raw = format!(
+            "POST {DELETE} HTTP/1.1\r\nHost: gw\r\n{auth}Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"id\":"
+        );
+        s.write_all(raw.as_bytes()).await.unwrap();
+        open.push(s);
+    }
+    let started = Instant::now();
+    for mut s in open {
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut buf))
+            .await
+            .expect("answered and closed without waiting for the body")
+            .unwrap();
+        let r = parse_response(&buf).unwrap();
+        assert_eq!(r.status, 401, "{r:?}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // More of them, left open with their bodies pending, while a valid
+    // delete is made: it gets its slot.
+    let mut pending = Vec::new();
+    for _ in 0..8 {
+        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(
+            format!("POST {DELETE} HTTP/1.1\r\nHost: gw\r\nContent-Length: 100\r\n\r\n{{")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        pending.push(s);
+    }
+    assert_eq!(gw.delete_new(&w.token("growth"), None).await.status, 204);
+    assert_eq!(w.batch().count(), 1);
     gw.stop().await;
 }
 
