@@ -99,9 +99,9 @@ async fn tls_delete(
     Ok((status, Some(version)))
 }
 
-#[tokio::test]
-async fn mtls_admits_only_clients_of_the_ca_and_records_their_subject() {
-    let w = World::new().await;
+/// A gateway whose data plane asks for client certificates of a CA of
+/// its own, returned with it.
+async fn start_mtls(w: &World) -> (Running, Ca) {
     let (cert, key) = w.ca.server(&["127.0.0.1"], false);
     w.write("tls/gw.pem", &cert);
     w.write("tls/gw.key", &key);
@@ -116,6 +116,13 @@ async fn mtls_admits_only_clients_of_the_ca_and_records_their_subject() {
             table(d, "server").insert("tls".into(), t.into());
         })
         .await;
+    (gw, client_ca)
+}
+
+#[tokio::test]
+async fn mtls_admits_only_clients_of_the_ca_and_records_their_subject() {
+    let w = World::new().await;
+    let (gw, client_ca) = start_mtls(&w).await;
     let token = w.token("growth");
     let alice = client_ca.client("svc-cleaner.growth");
     // h2 and HTTP/1.1 both work for a client of the CA.
@@ -271,20 +278,7 @@ async fn h2_tokenless_streams_with_endless_bodies_hold_no_slot() {
 #[tokio::test]
 async fn a_huge_client_certificate_subject_is_recorded_bounded() {
     let w = World::new().await;
-    let (cert, key) = w.ca.server(&["127.0.0.1"], false);
-    w.write("tls/gw.pem", &cert);
-    w.write("tls/gw.key", &key);
-    let client_ca = Ca::new("client CA");
-    w.write("tls/clients.pem", &client_ca.pem);
-    let gw = w
-        .start_with(|d| {
-            let t: toml::Table = toml::from_str(
-                "cert_file = \"tls/gw.pem\"\nkey_file = \"tls/gw.key\"\nclient_ca_file = \"tls/clients.pem\"",
-            )
-            .unwrap();
-            table(d, "server").insert("tls".into(), t.into());
-        })
-        .await;
+    let (gw, client_ca) = start_mtls(&w).await;
     let cn = format!("{}\u{1b}[31m{}", "\"".repeat(2000), "é".repeat(2000));
     let client = client_ca.client(&cn);
     let (st, _) = tls_delete(
