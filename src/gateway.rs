@@ -279,14 +279,18 @@ async fn authenticate(
 /// The body's declared length is over `max_body_bytes`: refused before
 /// the token is looked at.
 fn declared_over_max(app: &App, headers: &HeaderMap) -> bool {
+    declared_length(headers).is_some_and(|n| n > app.server().max_body_bytes as u64)
+}
+
+/// The body's length as `Content-Length` declares it.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
-        .is_some_and(|n| n > app.server().max_body_bytes as u64)
 }
 
-/// Steps 1-9. `Err` is a denial before anything was sent (the caller
+/// Steps 2-9 (step 1 ran in `serve`, from the headers). `Err` is a denial before anything was sent (the caller
 /// writes its `denied` record); every later outcome is answered here.
 async fn pipeline(
     app: &App,
@@ -677,10 +681,7 @@ where
     B::Error: std::fmt::Display,
 {
     let max = app.server().max_body_bytes;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = declared_length(headers);
     let too_large = || {
         GatewayError::new(Reject::BodyTooLarge)
             .message(format!("the body is larger than {max} bytes"))

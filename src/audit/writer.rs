@@ -1037,11 +1037,7 @@ impl Writer {
             follows = newest.file_name().map(|n| n.to_string_lossy().into_owned());
         }
         if !self.started {
-            self.rotated_bytes = rotated_files(&self.path)
-                .iter()
-                .filter_map(|f| std::fs::metadata(f).ok())
-                .map(|m| m.len())
-                .sum();
+            self.rotated_bytes = rotated_size(&self.path);
         }
         self.started = true;
         self.file_first_seq = first_seq(&mut file)?;
@@ -1159,11 +1155,7 @@ impl Writer {
             return;
         }
         self.budget_checked = Instant::now();
-        self.rotated_bytes = rotated_files(&self.path)
-            .iter()
-            .filter_map(|f| std::fs::metadata(f).ok())
-            .map(|m| m.len())
-            .sum();
+        self.rotated_bytes = rotated_size(&self.path);
         if self.rotated_bytes + self.file_len < max {
             self.over_budget = false;
             tracing::info!("the audit trail is under max_total_bytes again");
@@ -1564,6 +1556,15 @@ impl Writer {
         }
         let _ = sync_dir(folder_of(&self.path));
     }
+}
+
+/// Bytes of the rotated files of the live file `path`.
+fn rotated_size(path: &Path) -> u64 {
+    rotated_files(path)
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum()
 }
 
 fn secs(d: Duration) -> i64 {
