@@ -99,20 +99,28 @@ async fn tls_delete(
     Ok((status, Some(version)))
 }
 
-/// A gateway whose data plane asks for client certificates of a CA of
-/// its own, returned with it.
-async fn start_mtls(w: &World) -> (Running, Ca) {
+/// Writes a server certificate for 127.0.0.1 (from the world's CA), and
+/// the client CA when given; returns the `[server.tls]` table naming them.
+fn server_tls(w: &World, client_ca: Option<&Ca>) -> toml::Table {
     let (cert, key) = w.ca.server(&["127.0.0.1"], false);
     w.write("tls/gw.pem", &cert);
     w.write("tls/gw.key", &key);
+    let mut t: toml::Table =
+        toml::from_str("cert_file = \"tls/gw.pem\"\nkey_file = \"tls/gw.key\"").unwrap();
+    if let Some(ca) = client_ca {
+        w.write("tls/clients.pem", &ca.pem);
+        t.insert("client_ca_file".into(), "tls/clients.pem".into());
+    }
+    t
+}
+
+/// A gateway whose data plane asks for client certificates of a CA of
+/// its own, returned with it.
+async fn start_mtls(w: &World) -> (Running, Ca) {
     let client_ca = Ca::new("client CA");
-    w.write("tls/clients.pem", &client_ca.pem);
+    let t = server_tls(w, Some(&client_ca));
     let gw = w
         .start_with(|d| {
-            let t: toml::Table = toml::from_str(
-                "cert_file = \"tls/gw.pem\"\nkey_file = \"tls/gw.key\"\nclient_ca_file = \"tls/clients.pem\"",
-            )
-            .unwrap();
             table(d, "server").insert("tls".into(), t.into());
         })
         .await;
@@ -188,13 +196,9 @@ async fn mtls_admits_only_clients_of_the_ca_and_records_their_subject() {
 async fn h2_tokenless_streams_with_endless_bodies_hold_no_slot() {
     use futures_util::StreamExt;
     let w = World::new().await;
-    let (cert, key) = w.ca.server(&["127.0.0.1"], false);
-    w.write("tls/gw.pem", &cert);
-    w.write("tls/gw.key", &key);
+    let t = server_tls(&w, None);
     let gw = w
         .start_with(|d| {
-            let t: toml::Table =
-                toml::from_str("cert_file = \"tls/gw.pem\"\nkey_file = \"tls/gw.key\"").unwrap();
             let s = table(d, "server");
             s.insert("tls".into(), t.into());
             s.insert("max_concurrent_requests".into(), 2.into());
@@ -306,13 +310,9 @@ async fn a_huge_client_certificate_subject_is_recorded_bounded() {
 #[tokio::test]
 async fn a_renewed_certificate_is_served_after_a_reload_without_a_restart() {
     let w = World::new().await;
-    let (cert, key) = w.ca.server(&["127.0.0.1"], false);
-    w.write("tls/gw.pem", &cert);
-    w.write("tls/gw.key", &key);
+    let t = server_tls(&w, None);
     let gw = w
         .start_with(|d| {
-            let t: toml::Table =
-                toml::from_str("cert_file = \"tls/gw.pem\"\nkey_file = \"tls/gw.key\"").unwrap();
             table(d, "server").insert("tls".into(), t.into());
         })
         .await;
