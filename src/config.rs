@@ -91,6 +91,8 @@ struct RawServer {
     max_connections: Option<u64>,
     body_read_timeout_ms: Option<u64>,
     max_headers: Option<u64>,
+    h2_idle_timeout_ms: Option<u64>,
+    h2_max_reset_streams: Option<u64>,
     tls: Option<RawTls>,
 }
 
@@ -247,6 +249,12 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Defaults to 64.
     pub max_headers: usize,
+    /// An h2 connection with no open stream this long gets GOAWAY.
+    /// Defaults to 60 s.
+    pub h2_idle_timeout: Duration,
+    /// Streams an h2 client may reset per connection per 10 s; one more
+    /// gets GOAWAY ENHANCE_YOUR_CALM. Defaults to 200.
+    pub h2_max_reset_streams: usize,
     /// Inbound TLS (and mTLS with a client CA) on the data plane.
     pub tls: Option<TlsConfig>,
 }
@@ -663,6 +671,11 @@ fn validate(raw: RawConfig, base: &Path, source: &Path, p: &mut Problems) -> Opt
     let max_headers = positive("max_headers", s.max_headers, 64, p);
     positive("header_read_timeout_ms", s.header_read_timeout_ms, 10000, p);
     positive("body_read_timeout_ms", s.body_read_timeout_ms, 10000, p);
+    positive("h2_idle_timeout_ms", s.h2_idle_timeout_ms, 60000, p);
+    let h2_max_reset_streams = positive("h2_max_reset_streams", s.h2_max_reset_streams, 200, p);
+    if h2_max_reset_streams > 100_000 {
+        p.add("server.h2_max_reset_streams", "must be at most 100000");
+    }
     let tls = s.tls.map(|t| {
         if t.cert_file.is_none() {
             p.add("server.tls.cert_file", "required with [server.tls]");
@@ -687,6 +700,8 @@ fn validate(raw: RawConfig, base: &Path, source: &Path, p: &mut Problems) -> Opt
         max_concurrent_requests: max_concurrent_requests as usize,
         max_connections: max_connections as usize,
         max_headers: max_headers as usize,
+        h2_idle_timeout: ms(s.h2_idle_timeout_ms, 60000),
+        h2_max_reset_streams: h2_max_reset_streams as usize,
         tls,
     };
 

@@ -24,6 +24,9 @@ pub enum Reject {
     MalformedParameter,
     MissingParameter,
     BodyTooLarge,
+    /// More header fields than `max_headers` (HTTP/2; hyper answers
+    /// HTTP/1.1's itself).
+    HeadersTooLarge,
     BodyTimeout,
     BadFraming,
     SecretsUnavailable,
@@ -55,6 +58,7 @@ impl Reject {
         Reject::MalformedParameter,
         Reject::MissingParameter,
         Reject::BodyTooLarge,
+        Reject::HeadersTooLarge,
         Reject::BodyTimeout,
         Reject::BadFraming,
         Reject::SecretsUnavailable,
@@ -83,6 +87,7 @@ impl Reject {
             Reject::MalformedParameter => "malformed_parameter",
             Reject::MissingParameter => "missing_parameter",
             Reject::BodyTooLarge => "body_too_large",
+            Reject::HeadersTooLarge => "headers_too_large",
             Reject::BodyTimeout => "body_timeout",
             Reject::BadFraming => "bad_framing",
             Reject::SecretsUnavailable => "secrets_unavailable",
@@ -111,6 +116,7 @@ impl Reject {
             | Reject::MissingParameter
             | Reject::BadFraming => StatusCode::BAD_REQUEST,
             Reject::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Reject::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Reject::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Reject::SecretsUnavailable | Reject::AuditUnavailable | Reject::Overloaded => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -138,6 +144,7 @@ impl Reject {
             Reject::MissingParameter => "30",
             Reject::MalformedParameter
             | Reject::BodyTooLarge
+            | Reject::HeadersTooLarge
             | Reject::BadFraming
             | Reject::BodyTimeout => "31",
             Reject::MalformedJson => "32",
@@ -171,6 +178,9 @@ impl Reject {
             }
             Reject::MissingParameter => "the body lacks the 'id' member",
             Reject::BodyTooLarge => "the body is larger than this gateway accepts",
+            Reject::HeadersTooLarge => {
+                "the request has more header fields than this gateway accepts"
+            }
             Reject::BodyTimeout => "the body did not arrive in time",
             Reject::BadFraming => {
                 "ambiguous HTTP framing: send either Content-Length or Transfer-Encoding: chunked"

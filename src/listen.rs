@@ -1,7 +1,9 @@
 //! Sockets: the data-plane and admin listeners, HTTP/1.1 with bounded
-//! headers (size, count, read time), optional TLS with h2 by ALPN, a
-//! connection limit, and graceful drain on shutdown.
+//! headers (size, count, read time), optional TLS with h2 by ALPN (served
+//! in `http2`, with the same bounds), a connection limit, and graceful
+//! drain on shutdown.
 
+pub mod http2;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -10,9 +12,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -21,9 +23,6 @@ use tokio::sync::{Semaphore, watch};
 use crate::App;
 use crate::gateway::Peer;
 use crate::metrics::KindLabels;
-
-/// h2 streams per connection (hyper also caps pending resets by default).
-const H2_MAX_STREAMS: u32 = 128;
 
 /// Bound listeners, ready to serve.
 pub struct Listeners {
@@ -134,6 +133,7 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
+        let stop = stop.clone();
         // Each connection gets a watcher; the shutdown handle stays here so
         // that `serve` can wait for every watched connection.
         let watcher = graceful.watcher();
@@ -164,7 +164,10 @@ async fn accept_loop(
                         client_cert: tls::client_subject(conn).map(Arc::from),
                     };
                     if h2 {
-                        serve_http2(&app, watcher, tls, peer).await;
+                        // Held while the connection lives, so that the
+                        // drain waits for it; `stop` starts its GOAWAY.
+                        let _watched = watcher;
+                        http2::serve(&app, tls, peer, stop).await;
                     } else {
                         serve_http1(&app, watcher, tls, peer, plane).await;
                     }
@@ -211,33 +214,7 @@ where
     }
 }
 
-async fn serve_http2<S>(app: &Arc<App>, watcher: Watcher, stream: S, peer: Peer)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let server = app.server();
-    let mut builder = http2::Builder::new(TokioExecutor::new());
-    builder
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(H2_MAX_STREAMS)
-        .max_header_list_size(u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX))
-        .keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10));
-    let svc_app = app.clone();
-    let svc = service_fn(move |req| {
-        let app = svc_app.clone();
-        let peer = peer.clone();
-        async move { Ok::<_, Infallible>(crate::gateway::handle(app, req, peer).await) }
-    });
-    if let Err(e) = watcher
-        .watch(builder.serve_connection(TokioIo::new(stream), svc))
-        .await
-    {
-        count_conn_error(app, &e);
-    }
-}
-
-fn count(app: &App, kind: &'static str) {
+pub(crate) fn count(app: &App, kind: &'static str) {
     app.metrics
         .connection_errors
         .get_or_create(&KindLabels { kind })

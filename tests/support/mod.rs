@@ -3,7 +3,12 @@
 //! a raw HTTP/1.1 client that can send what well-behaved clients never do.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod h2raw;
+pub mod tls;
 pub mod vault;
+
+#[allow(unused_imports)]
+pub use tls::{client_config, server_tls, tls_connect, tls_delete};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
