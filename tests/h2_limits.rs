@@ -322,3 +322,43 @@ async fn an_early_answer_still_checks_the_stream_and_then_resets_it() {
     still_serves(&w, &gw).await;
     gw.stop().await;
 }
+
+/// On shutdown an h2 connection gets GOAWAY; a stream in flight still
+/// gets its answer, and a client that never answers the gateway's PING
+/// does not hold the drain to its grace period.
+#[tokio::test]
+async fn shutdown_sends_goaway_and_finishes_streams_in_flight() {
+    let w = World::new().await;
+    let gw = start_h2(&w, |s| {
+        s.insert("shutdown_grace_ms".into(), 20_000.into());
+    })
+    .await;
+    let token = w.token("growth");
+    let port = gw.addr.port();
+    let mut idle = H2Raw::start(&w, &gw).await;
+    let mut busy = H2Raw::start(&w, &gw).await;
+    let mut h = delete_headers(port, Some(&token));
+    let body = delete_body(&campaign_id());
+    h.push(("content-length".into(), body.len().to_string()));
+    busy.send(&frame(HEADERS, END_HEADERS, 1, &block_of(&h)))
+        .await;
+    // Both connections are up (their SETTINGS read) before the stop.
+    assert!(idle.until(SECS_5, |f| f.kind == SETTINGS).await.is_some());
+    assert!(busy.until(SECS_5, |f| f.kind == SETTINGS).await.is_some());
+    let t0 = std::time::Instant::now();
+    let stopping = tokio::spawn(gw.stop());
+    assert!(busy.until(SECS_5, |f| f.kind == GOAWAY).await.is_some());
+    busy.send(&frame(DATA, END_STREAM, 1, &body)).await;
+    let end = busy
+        .until(SECS_5, |f| f.stream == 1 && f.flags & END_STREAM != 0)
+        .await;
+    assert!(end.is_some(), "the stream in flight is answered");
+    assert!(idle.closed_within(Duration::from_secs(10)).await);
+    assert!(busy.closed_within(Duration::from_secs(10)).await);
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("drained well before the 20 s grace")
+        .unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    assert_eq!(w.batch().count(), 1);
+}

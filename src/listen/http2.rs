@@ -99,7 +99,12 @@ where
     let mut going_away = false;
     let mut stopping = *stop.borrow();
     if stopping {
-        conn.graceful_shutdown();
+        close_now(
+            &mut conn,
+            Reason::NO_ERROR,
+            close_by.as_mut(),
+            &mut going_away,
+        );
     }
     loop {
         tokio::select! {
@@ -114,28 +119,53 @@ where
                 None => break,
             },
             Some(_) = streams.join_next(), if !streams.is_empty() => {
-                if streams.is_empty() {
-                    idle.as_mut().reset(Instant::now() + server.h2_idle_timeout);
+                if streams.is_empty() && !going_away {
+                    if stopping {
+                        close_now(&mut conn, Reason::NO_ERROR, close_by.as_mut(), &mut going_away);
+                    } else {
+                        idle.as_mut().reset(Instant::now() + server.h2_idle_timeout);
+                    }
                 }
             }
             () = &mut idle, if streams.is_empty() && !going_away => {
-                conn.abrupt_shutdown(Reason::NO_ERROR);
-                going_away = true;
-                close_by.as_mut().reset(Instant::now() + CLOSE_TIME);
+                close_now(&mut conn, Reason::NO_ERROR, close_by.as_mut(), &mut going_away);
             }
             () = flood.notify.notified(), if !going_away => {
                 tracing::info!(client = %peer.addr, "h2 client reset too many streams: GOAWAY");
                 super::count(app, "h2_reset_flood");
-                conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
-                going_away = true;
-                close_by.as_mut().reset(Instant::now() + CLOSE_TIME);
+                close_now(&mut conn, Reason::ENHANCE_YOUR_CALM, close_by.as_mut(), &mut going_away);
             }
             _ = stop.changed(), if !stopping => {
                 stopping = true;
-                conn.graceful_shutdown();
+                if streams.is_empty() {
+                    close_now(&mut conn, Reason::NO_ERROR, close_by.as_mut(), &mut going_away);
+                } else {
+                    // Streams in flight finish; new ones are refused.
+                    conn.graceful_shutdown();
+                }
             }
             () = &mut close_by => break,
         }
+    }
+}
+
+/// GOAWAY naming the last stream processed, then the socket goes within
+/// [`CLOSE_TIME`]. Used when no stream is in flight (idle, shutdown) and on
+/// a reset flood; h2's graceful close instead waits for the client to
+/// answer a PING, which an idle client may never do.
+fn close_now<T, B>(
+    conn: &mut h2::server::Connection<T, B>,
+    reason: Reason,
+    close_by: Pin<&mut Sleep>,
+    going_away: &mut bool,
+) where
+    T: AsyncRead + AsyncWrite + Unpin,
+    B: bytes::Buf,
+{
+    if !*going_away {
+        conn.abrupt_shutdown(reason);
+        close_by.reset(Instant::now() + CLOSE_TIME);
+        *going_away = true;
     }
 }
 
