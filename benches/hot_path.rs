@@ -12,7 +12,8 @@ mod support;
 use std::hint::black_box;
 use std::sync::Arc;
 
-use batch_gateway::authn::{Principal, now_s};
+use batch_gateway::authn::Principal;
+use batch_gateway::common::now_s;
 use criterion::{Criterion, criterion_group, criterion_main};
 use jsonwebtoken::Algorithm;
 use support::{ISS, SigningKey, World, authenticator, claims};
@@ -48,7 +49,7 @@ fn pieces(c: &mut Criterion) {
         jti: None,
         exp: now_s() + 600,
         binding: Default::default(),
-        recorded: batch_gateway::Memo::new(),
+        recorded: batch_gateway::common::Memo::new(),
     };
     c.bench_function("policy decision", |b| {
         b.iter(|| {
@@ -172,7 +173,7 @@ fn header_rewrite(c: &mut Criterion) {
         rest_key: secrecy::SecretString::from("rk_0123456789abcdef0123456789abcdef"),
         project_key: "project_0123456789abcdefghijklmnopqrstuv".into(),
         version: None,
-        key_fp: batch_gateway::Memo::new(),
+        key_fp: batch_gateway::common::Memo::new(),
     };
     let headers = |pairs: &[(&'static str, &str)]| {
         let mut h = http::HeaderMap::new();

@@ -11,9 +11,9 @@
 pub mod jwks;
 pub mod keys;
 
+use crate::common::now_s;
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -40,7 +40,7 @@ pub struct Principal {
     pub binding: Binding,
     /// The caller as audit records name it, fingerprint included, built on
     /// the first request that uses this verified token.
-    pub recorded: crate::Memo<Arc<crate::audit::Caller>>,
+    pub recorded: crate::common::Memo<Arc<crate::audit::Caller>>,
 }
 
 /// The request-binding claims `htm`, `htu`, `bh` (after DPoP).
@@ -497,7 +497,7 @@ impl Authenticator {
             jti: claims.jti,
             exp: claims.exp,
             binding: claims.binding,
-            recorded: crate::Memo::new(),
+            recorded: crate::common::Memo::new(),
         })
     }
 }
@@ -582,7 +582,7 @@ fn decode_part(part: &str) -> Result<Members, AuthError> {
 /// keep a record of a request without a verified token under 4 KiB.
 fn str_member(m: &Members, name: &str, max_chars: usize) -> Option<String> {
     match m.get(name) {
-        Some(Value::String(s)) => Some(crate::audit::bounded(s, max_chars).to_string()),
+        Some(Value::String(s)) => Some(crate::common::bounded(s, max_chars).to_string()),
         _ => None,
     }
 }
@@ -614,11 +614,4 @@ pub fn bearer(headers: &http::HeaderMap) -> Result<String, AuthError> {
         return Err(AuthError::missing("empty_bearer"));
     }
     Ok(token.to_string())
-}
-
-pub fn now_s() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }

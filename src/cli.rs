@@ -434,7 +434,7 @@ fn policy_explain(a: &ExplainArgs) -> ExitCode {
                             .map_err(|e| e.to_string())?;
                         authn.start().await;
                         authn
-                            .verify(token.trim(), crate::authn::now_s())
+                            .verify(token.trim(), crate::common::now_s())
                             .await
                             .map_err(|e| format!("token rejected: {}", e.detail))
                     })
@@ -454,7 +454,7 @@ fn policy_explain(a: &ExplainArgs) -> ExitCode {
             jti: None,
             exp: 0,
             binding: Default::default(),
-            recorded: crate::Memo::new(),
+            recorded: crate::common::Memo::new(),
         }),
     };
     let headers: Vec<&str> = a.project.iter().map(String::as_str).collect();

@@ -119,7 +119,7 @@ pub fn mint_many(args: &MintArgs, count: u32) -> Result<Vec<String>, DevError> {
             args.alg
         ))
     })?;
-    let now = crate::authn::now_s();
+    let now = crate::common::now_s();
     let mut claims = Map::new();
     claims.insert("iss".into(), json!(args.iss));
     claims.insert("sub".into(), json!(args.sub));

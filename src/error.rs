@@ -275,11 +275,11 @@ pub fn rescue(err: &GatewayError, request_id: Option<&str>) -> Response<Full<Byt
         HeaderValue::from_static("application/json"),
     );
     h.insert(
-        crate::names::X_GATEWAY_ERROR,
+        crate::common::names::X_GATEWAY_ERROR,
         HeaderValue::from_static(err.kind.reason()),
     );
     if let Some(id) = request_id.and_then(|r| HeaderValue::from_str(r).ok()) {
-        h.insert(crate::names::X_REQUEST_ID, id);
+        h.insert(crate::common::names::X_REQUEST_ID, id);
     }
     match err.kind {
         Reject::TokenMissing => {

@@ -25,8 +25,8 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use secrecy::ExposeSecret;
 
+use crate::common::names;
 use crate::config::UpstreamConfig;
-use crate::names;
 use crate::policy::Permit;
 use crate::secrets::ProjectSecret;
 
@@ -348,7 +348,7 @@ pub fn new_traceparent() -> String {
 fn error_code(body: &[u8]) -> Option<String> {
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
     match v.get("error_code")? {
-        serde_json::Value::String(s) => Some(crate::audit::bounded(s, 32).to_string()),
+        serde_json::Value::String(s) => Some(crate::common::bounded(s, 32).to_string()),
         serde_json::Value::Number(n) => Some(n.to_string()),
         _ => None,
     }

@@ -27,11 +27,11 @@ use sha2::{Digest, Sha256};
 use crate::App;
 use crate::audit::{Caller, Decision, Phase, Record, UpstreamOutcome};
 use crate::authn::{AuthFailure, Binding, Unverified};
+use crate::common::names;
 use crate::error::{GatewayError, Reject, rescue};
 use crate::forward::ForwardError;
 use crate::json::{JsonError, parse_object};
 use crate::metrics::{KindLabels, RequestLabels, status_class};
-use crate::names;
 use crate::policy::{self, Forbidden};
 use crate::replay::ReplayError;
 
@@ -115,7 +115,7 @@ where
         client_ip: Some(peer.addr.ip()),
         client_cert: peer.client_cert,
         // Methods are short; an extension method is any token hyper took.
-        method: crate::audit::bounded(parts.method.as_str(), 32).into(),
+        method: crate::common::bounded(parts.method.as_str(), 32).into(),
         // The path only: a query string may carry a token and is never recorded.
         path: bounded(parts.uri.path()).into(),
         ..Trace::default()
@@ -393,7 +393,7 @@ async fn pipeline(
     app.limits.cooldown(&permit.project).map_err(limited)?;
     let mut quota = app
         .limits
-        .check(&permit.limits, crate::authn::now_s())
+        .check(&permit.limits, crate::common::now_s())
         .map_err(limited)?;
     app.limits
         .pace(&permit.project, permit.upstream_rate_per_s)
@@ -802,7 +802,7 @@ fn caller_request_id(h: &HeaderMap) -> Option<String> {
 /// Request targets and verified claims are recorded, bounded to 512
 /// characters (they are caller-chosen bytes).
 fn bounded(s: &str) -> &str {
-    crate::audit::bounded(s, 512)
+    crate::common::bounded(s, 512)
 }
 
 /// Most teams a record lists; a token naming more is recorded with the

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod audit;
 pub mod authn;
 pub mod cli;
+pub mod common;
 pub mod config;
 pub mod dev;
 pub mod error;
@@ -23,53 +24,6 @@ pub mod metrics;
 pub mod policy;
 pub mod replay;
 pub mod secrets;
-
-/// A value derived once from the thing that holds it and kept with it: the
-/// audit trail's `caller` with a verified token in the token cache, a REST
-/// key's fingerprint with the cached secret. Derived data, so it takes no
-/// part in comparisons and prints nothing.
-#[derive(Clone)]
-pub struct Memo<T>(std::sync::OnceLock<T>);
-
-impl<T> Memo<T> {
-    pub const fn new() -> Self {
-        Memo(std::sync::OnceLock::new())
-    }
-
-    pub fn get_or_init(&self, f: impl FnOnce() -> T) -> &T {
-        self.0.get_or_init(f)
-    }
-}
-
-impl<T> Default for Memo<T> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl<T> PartialEq for Memo<T> {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-impl<T> std::fmt::Debug for Memo<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Memo")
-    }
-}
-
-/// Header names the request path reads or sets, parsed once rather than
-/// from a string on every request.
-pub mod names {
-    use http::HeaderName;
-    pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-    pub const X_BATCH_PROJECT: HeaderName = HeaderName::from_static("x-batch-project");
-    pub const X_GATEWAY_ERROR: HeaderName = HeaderName::from_static("x-gateway-error");
-    pub const X_GATEWAY_DRY_RUN: HeaderName = HeaderName::from_static("x-gateway-dry-run");
-    pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-    pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
-}
 
 use std::sync::Arc;
 use std::time::Duration;

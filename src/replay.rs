@@ -30,7 +30,7 @@ struct UntilExp;
 
 impl Expiry<String, i64> for UntilExp {
     fn expire_after_create(&self, _: &String, expires_at: &i64, _: Instant) -> Option<Duration> {
-        let left = expires_at.saturating_sub(crate::authn::now_s()).max(1);
+        let left = expires_at.saturating_sub(crate::common::now_s()).max(1);
         Some(Duration::from_secs(u64::try_from(left).unwrap_or(u64::MAX)))
     }
 }
@@ -116,7 +116,7 @@ impl ReplayCache {
     /// the leeway ahead of the gateway's clock). Returns how many were
     /// restored.
     pub fn rebuild_from_audit(&self, live: &Path, max_lifetime_s: i64, leeway_s: i64) -> u64 {
-        let now = crate::authn::now_s();
+        let now = crate::common::now_s();
         let window = max_lifetime_s.saturating_add(leeway_s.saturating_mul(2));
         let mut files = crate::audit::rotated_files(live);
         files.push(live.to_path_buf());
@@ -184,7 +184,7 @@ mod tests {
     #[test]
     fn a_jti_is_accepted_once_per_issuer_and_released_on_failure() {
         let c = ReplayCache::new(10);
-        let exp = crate::authn::now_s() + 60;
+        let exp = crate::common::now_s() + 60;
         assert_eq!(c.reserve("iss-a", "j1", exp), Ok(()));
         assert_eq!(c.reserve("iss-a", "j1", exp), Err(ReplayError::Replayed));
         assert_eq!(c.reserve("iss-b", "j1", exp), Ok(()));
@@ -198,7 +198,7 @@ mod tests {
     #[test]
     fn when_full_new_single_use_tokens_are_refused() {
         let c = ReplayCache::new(2);
-        let exp = crate::authn::now_s() + 60;
+        let exp = crate::common::now_s() + 60;
         assert!(c.reserve("i", "1", exp).is_ok());
         assert!(c.reserve("i", "2", exp).is_ok());
         assert_eq!(c.reserve("i", "3", exp), Err(ReplayError::Full));
@@ -212,7 +212,7 @@ mod tests {
         if let Some(e) = exp {
             caller["exp"] = e.into();
         }
-        serde_json::json!({"v": 1, "seq": 1, "ts": crate::audit::rfc3339_millis(t),
+        serde_json::json!({"v": 1, "seq": 1, "ts": crate::common::rfc3339_millis(t),
             "phase": "attempt", "caller": caller, "prev": "0"})
         .to_string()
     }
@@ -225,7 +225,7 @@ mod tests {
     fn a_rebuilt_jti_is_held_until_its_tokens_own_expiry() {
         let dir = tempfile::tempdir().unwrap();
         let live = dir.path().join("audit.jsonl");
-        let now = crate::authn::now_s();
+        let now = crate::common::now_s();
         let (lifetime, leeway) = (900, 30);
         // Accepted 935 s ago with iat 25 s ahead: exp = ts + 925 = now - 10,
         // held until exp + leeway = now + 20. `ts + lifetime + leeway` is
@@ -255,7 +255,7 @@ mod tests {
     fn the_rebuild_stops_at_records_older_than_any_live_token() {
         let dir = tempfile::tempdir().unwrap();
         let live = dir.path().join("audit.jsonl");
-        let now = crate::authn::now_s();
+        let now = crate::common::now_s();
         let old = attempt(now - 5000, "old", Some(now + 600));
         let fresh = attempt(now - 10, "fresh", Some(now + 600));
         // An impossible old record (its exp far ahead) shows whether the
@@ -269,9 +269,9 @@ mod tests {
     #[test]
     fn entries_leave_when_their_token_expires() {
         let c = ReplayCache::new(1);
-        assert!(c.reserve("i", "old", crate::authn::now_s()).is_ok());
+        assert!(c.reserve("i", "old", crate::common::now_s()).is_ok());
         std::thread::sleep(Duration::from_millis(1100));
         assert_eq!(c.len(), 0);
-        assert!(c.reserve("i", "new", crate::authn::now_s() + 60).is_ok());
+        assert!(c.reserve("i", "new", crate::common::now_s() + 60).is_ok());
     }
 }

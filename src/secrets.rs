@@ -26,7 +26,7 @@ pub struct ProjectSecret {
     pub version: Option<u64>,
     /// `key_fp` of the REST key, computed on the first request that uses
     /// this copy of the secret.
-    pub key_fp: crate::Memo<Arc<str>>,
+    pub key_fp: crate::common::Memo<Arc<str>>,
 }
 
 /// Why a source gave no secret.
@@ -154,7 +154,7 @@ pub fn checked(
         rest_key,
         project_key,
         version,
-        key_fp: crate::Memo::new(),
+        key_fp: crate::common::Memo::new(),
     })
 }
 

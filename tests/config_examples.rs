@@ -39,7 +39,7 @@ async fn the_dev_config_opens_every_file_serve_dev_writes() {
     // The minted token is accepted by the dev config's own issuer.
     let authn = batch_gateway::authn::Authenticator::new(&cfg.auth).unwrap();
     let p = authn
-        .verify(&setup.token, batch_gateway::authn::now_s())
+        .verify(&setup.token, batch_gateway::common::now_s())
         .await
         .unwrap();
     assert_eq!(p.teams, vec!["dev-team".to_string()]);

@@ -51,10 +51,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
 use super::lines::Backwards;
-use super::{
-    AuditError, Phase, PrunedThrough, Record, ZERO_HASH, checkpoint_message, now_rfc3339,
-    rfc3339_millis,
-};
+use super::{AuditError, Phase, PrunedThrough, Record, ZERO_HASH, checkpoint_message};
+use crate::common::{now_rfc3339, rfc3339_millis};
 
 /// Longest line the writer will look for at the end of a file.
 const MAX_LINE_BYTES: u64 = 1 << 20;
@@ -1060,7 +1058,7 @@ impl Writer {
                 "file": path.file_name().map(|n| n.to_string_lossy().into_owned()),
                 "torn_bytes": torn.len(),
                 "torn_sha256": hex::encode(Sha256::digest(&torn)),
-                "torn_text": super::bounded(&String::from_utf8_lossy(&torn), 512),
+                "torn_text": crate::common::bounded(&String::from_utf8_lossy(&torn), 512),
             }));
             self.write(rec)
                 .map_err(|_| std::io::Error::other("repair write"))?;
@@ -2026,7 +2024,7 @@ mod tests {
     /// Writes `n` chained records dated `days_ago` into `path`,
     /// continuing (seq, prev).
     fn old_chain(path: &Path, n: u64, days_ago: i64, seq: u64, prev: &str) -> (u64, String) {
-        let ts = crate::audit::rfc3339_millis(
+        let ts = crate::common::rfc3339_millis(
             time::OffsetDateTime::now_utc() - time::Duration::days(days_ago),
         );
         let (mut seq, mut prev) = (seq, prev.to_string());

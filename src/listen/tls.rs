@@ -80,5 +80,5 @@ pub fn client_subject(conn: &rustls::ServerConnection) -> Option<String> {
     let cert = conn.peer_certificates()?.first()?;
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     let subject = parsed.subject().to_string();
-    Some(crate::audit::bounded(&subject, 256).to_string())
+    Some(crate::common::bounded(&subject, 256).to_string())
 }

@@ -165,7 +165,7 @@ pub fn authenticator(
 }
 
 pub fn now() -> i64 {
-    batch_gateway::authn::now_s()
+    batch_gateway::common::now_s()
 }
 
 /// Well-formed claims for team `team` from issuer `iss`.
