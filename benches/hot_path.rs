@@ -57,14 +57,14 @@ fn pieces(c: &mut Criterion) {
                 &cfg,
                 &principal,
                 &["marketing-prod"],
-                batch_gateway::policy::Action::CampaignsDelete,
+                batch_gateway::route::Action::CampaignsDelete,
             ))
         })
     });
     c.bench_function("route + body validation", |b| {
         let body = br#"{"id":"orchestration_0664hyh918hr1gnzka9py5t62nrc0e1f"}"#;
         b.iter(|| {
-            black_box(batch_gateway::policy::route(
+            black_box(batch_gateway::route::route(
                 &http::Method::POST,
                 "/2.8/campaigns/delete",
             ));

@@ -123,7 +123,7 @@ pub enum AuthnBuildError {
     #[error(transparent)]
     Key(#[from] keys::KeyError),
     #[error(transparent)]
-    Ca(#[from] crate::forward::CaError),
+    Ca(#[from] crate::tls::TlsError),
 }
 
 /// A token that verified, remembered until it expires.

@@ -406,7 +406,8 @@ fn audit_query(a: QueryArgs) -> ExitCode {
 }
 
 fn policy_explain(a: &ExplainArgs) -> ExitCode {
-    use crate::policy::{Action, authorize};
+    use crate::policy::authorize;
+    use crate::route::Action;
     let cfg = match Config::load(&a.config) {
         Ok(c) => c,
         Err(e) => {

@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::authn::keys;
-use crate::policy::Action;
+use crate::route::Action;
 
 /// One problem in a config, with the key path it concerns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -552,18 +552,18 @@ impl Config {
                 }
             }
             if let Some(ca) = iss.jwks.as_ref().and_then(|j| j.ca_file.as_ref())
-                && let Err(e) = crate::forward::load_ca_file(ca)
+                && let Err(e) = crate::tls::load_ca_file(ca)
             {
                 p.add(format!("auth.issuers[{i}].jwks_ca_file"), e.to_string());
             }
         }
         if let Some(tls) = &self.server.tls
-            && let Err(e) = crate::listen::tls::server_config(tls)
+            && let Err(e) = crate::tls::server_config(tls)
         {
             p.add("server.tls", e);
         }
         if let Some(ca) = &self.upstream.ca_file
-            && let Err(e) = crate::forward::load_ca_file(ca)
+            && let Err(e) = crate::tls::load_ca_file(ca)
         {
             p.add("upstream.ca_file", e.to_string());
         }
@@ -575,7 +575,7 @@ impl Config {
             }
             SecretsBackend::Vault(v) => {
                 if let Some(ca) = &v.ca_file
-                    && let Err(e) = crate::forward::load_ca_file(ca)
+                    && let Err(e) = crate::tls::load_ca_file(ca)
                 {
                     p.add("secrets.vault.ca_file", e.to_string());
                 }

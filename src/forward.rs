@@ -12,105 +12,24 @@
 
 mod client;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, header};
 use http_body_util::Full;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use rustls::RootCertStore;
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 use secrecy::ExposeSecret;
 
 use crate::common::names;
 use crate::config::UpstreamConfig;
 use crate::policy::Permit;
 use crate::secrets::ProjectSecret;
+use crate::tls::{TlsError, tls_client_config};
 
 /// Batch's answers are small JSON documents; anything larger is refused.
 const MAX_UPSTREAM_BODY: usize = 1 << 20;
 
 /// Caller headers that may travel to Batch.
 const CALLER_ALLOWLIST: [HeaderName; 3] = [header::ACCEPT, names::TRACEPARENT, names::TRACESTATE];
-
-#[derive(Debug, thiserror::Error)]
-pub enum CaError {
-    #[error("cannot read CA file {path}: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path} holds no PEM certificate")]
-    Empty { path: String },
-    #[error("{path}: a certificate cannot be used as a trust root")]
-    Bad { path: String },
-    /// Config validation already requires a host; never printed with the
-    /// URL, which could carry user info.
-    #[error("upstream.base_url: no usable host")]
-    BadUrl,
-}
-
-/// Reads PEM certificates to trust as roots.
-pub fn load_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, CaError> {
-    let shown = path.display().to_string();
-    let pem = std::fs::read(path).map_err(|source| CaError::Read {
-        path: shown.clone(),
-        source,
-    })?;
-    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<_, _>>()
-        .map_err(|_| CaError::Bad {
-            path: shown.clone(),
-        })?;
-    if certs.is_empty() {
-        return Err(CaError::Empty { path: shown });
-    }
-    Ok(certs)
-}
-
-/// A TLS client configuration trusting the webpki roots plus `ca_file`.
-pub fn tls_client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, CaError> {
-    let mut roots = RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(ca) = ca_file {
-        for cert in load_ca_file(ca)? {
-            roots.add(cert).map_err(|_| CaError::Bad {
-                path: ca.display().to_string(),
-            })?;
-        }
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|_| CaError::Bad {
-            path: "(rustls protocol versions)".into(),
-        })?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
-}
-
-/// An HTTPS-only connector trusting the webpki roots plus `ca_file`, for
-/// the JWKS fetcher and the Vault client.
-pub fn https_connector(
-    ca_file: Option<&Path>,
-    connect_timeout: Duration,
-) -> Result<HttpsConnector<HttpConnector>, CaError> {
-    let tls = tls_client_config(ca_file)?;
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(connect_timeout));
-    http.set_nodelay(true);
-    Ok(hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_only()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http))
-}
 
 /// What Batch answered, already filtered for the caller.
 #[derive(Debug)]
@@ -156,17 +75,17 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(cfg: &UpstreamConfig) -> Result<Self, CaError> {
+    pub fn new(cfg: &UpstreamConfig) -> Result<Self, TlsError> {
         let tls = tls_client_config(cfg.ca_file.as_deref())?;
         let base = &cfg.base_url;
         let pool = client::Pool::new(base, tls, cfg.connect_timeout, MAX_UPSTREAM_BODY)
-            .map_err(|_| CaError::BadUrl)?;
+            .map_err(|_| TlsError::BadUrl)?;
         let host = match (base.host(), base.port_u16()) {
             (Some(h), Some(p)) => HeaderValue::from_str(&format!("{h}:{p}")),
             (Some(h), None) => HeaderValue::from_str(h),
-            (None, _) => return Err(CaError::BadUrl),
+            (None, _) => return Err(TlsError::BadUrl),
         }
-        .map_err(|_| CaError::BadUrl)?;
+        .map_err(|_| TlsError::BadUrl)?;
         let prefix = base.path().trim_end_matches('/').to_string();
         Ok(Upstream {
             pool,

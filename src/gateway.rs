@@ -314,7 +314,7 @@ async fn pipeline(
     let principal = principal.as_ref();
 
     // 2. Route.
-    let action = policy::route(&parts.method, target).ok_or(Reject::RouteNotFound)?;
+    let action = crate::route::route(&parts.method, target).ok_or(Reject::RouteNotFound)?;
     trace.action = Some(action.name());
 
     // 3. Authorize.

@@ -23,7 +23,9 @@ pub mod listen;
 pub mod metrics;
 pub mod policy;
 pub mod replay;
+pub mod route;
 pub mod secrets;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,7 +46,7 @@ pub enum BuildError {
     #[error(transparent)]
     Authn(#[from] authn::AuthnBuildError),
     #[error(transparent)]
-    Ca(#[from] forward::CaError),
+    Ca(#[from] tls::TlsError),
     #[error(transparent)]
     Hmac(#[from] audit::HmacKeyError),
     #[error("audit.signing_key_file: {0}")]
@@ -79,7 +81,7 @@ pub struct App {
     state: ArcSwap<State>,
     /// `[server]` as started: listeners and their limits need a restart.
     server: ServerConfig,
-    pub tls: Option<listen::tls::Tls>,
+    pub tls: Option<tls::Tls>,
     pub secrets: SecretCache,
     pub audit: AuditLog,
     pub hmac: HmacKey,
@@ -96,7 +98,7 @@ impl App {
     /// answered per request.
     pub async fn build(config: Config) -> Result<Arc<App>, BuildError> {
         let tls = match &config.server.tls {
-            Some(t) => Some(listen::tls::Tls::new(t).map_err(BuildError::Tls)?),
+            Some(t) => Some(tls::Tls::new(t).map_err(BuildError::Tls)?),
             None => None,
         };
         let hmac = HmacKey::load(&config.audit.hmac_key_file)?;

@@ -4,7 +4,6 @@
 //! drain on shutdown.
 
 pub mod http2;
-pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -161,7 +160,7 @@ async fn accept_loop(
                     let h2 = conn.alpn_protocol() == Some(b"h2");
                     let peer = Peer {
                         addr: peer,
-                        client_cert: tls::client_subject(conn).map(Arc::from),
+                        client_cert: crate::tls::client_subject(conn).map(Arc::from),
                     };
                     if h2 {
                         // Held while the connection lives, so that the

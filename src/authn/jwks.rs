@@ -99,8 +99,8 @@ pub struct Jwks {
 }
 
 impl Jwks {
-    pub fn new(cfg: &JwksConfig, pinned: &[Algorithm]) -> Result<Self, crate::forward::CaError> {
-        let https = crate::forward::https_connector(cfg.ca_file.as_deref(), FETCH_TIMEOUT)?;
+    pub fn new(cfg: &JwksConfig, pinned: &[Algorithm]) -> Result<Self, crate::tls::TlsError> {
+        let https = crate::tls::https_connector(cfg.ca_file.as_deref(), FETCH_TIMEOUT)?;
         Ok(Jwks {
             url: cfg.url.clone(),
             client: Client::builder(TokioExecutor::new()).build(https),

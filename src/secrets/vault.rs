@@ -79,8 +79,8 @@ fn read_credential(path: &PathBuf) -> Result<SecretString, SourceError> {
 }
 
 impl VaultSource {
-    pub fn new(cfg: &VaultConfig, metrics: Arc<Metrics>) -> Result<Self, crate::forward::CaError> {
-        let https = crate::forward::https_connector(cfg.ca_file.as_deref(), cfg.request_timeout)?;
+    pub fn new(cfg: &VaultConfig, metrics: Arc<Metrics>) -> Result<Self, crate::tls::TlsError> {
+        let https = crate::tls::https_connector(cfg.ca_file.as_deref(), cfg.request_timeout)?;
         Ok(VaultSource {
             cfg: cfg.clone(),
             client: Client::builder(TokioExecutor::new()).build(https),
