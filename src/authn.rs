@@ -21,6 +21,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use serde_json::Value;
 use sha2::Digest;
 
+use crate::audit::record::Unverified;
 use crate::config::AuthConfig;
 use crate::json::{Members, parse_object};
 
@@ -40,7 +41,7 @@ pub struct Principal {
     pub binding: Binding,
     /// The caller as audit records name it, fingerprint included, built on
     /// the first request that uses this verified token.
-    pub recorded: crate::common::Memo<Arc<crate::audit::Caller>>,
+    pub recorded: crate::common::Memo<Arc<crate::audit::record::Caller>>,
 }
 
 /// The request-binding claims `htm`, `htu`, `bh` (after DPoP).
@@ -56,17 +57,6 @@ impl Binding {
     pub fn is_bound(&self) -> bool {
         self.htm.is_some() || self.htu.is_some() || self.bh.is_some()
     }
-}
-
-/// What a rejected token claimed (kept apart from the verified caller).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Unverified {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub iss: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub kid: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub alg: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

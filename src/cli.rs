@@ -251,7 +251,7 @@ fn check_config(a: &CheckArgs) -> ExitCode {
         for w in cfg.key_file_modes().1 {
             eprintln!("warning: {w}");
         }
-        let problems = cfg.check_files();
+        let problems = crate::preflight::check_files(&cfg);
         if !problems.is_empty() {
             print_problems(&a.config, &problems);
             return ExitCode::from(1);
@@ -333,7 +333,7 @@ fn audit_verify(a: &VerifyArgs) -> ExitCode {
             for (seq, reason) in &v.repairs {
                 say!(
                     "repair at seq {seq}: {}",
-                    crate::audit::escape_controls(reason)
+                    crate::common::escape_controls(reason)
                 );
             }
             ExitCode::SUCCESS
@@ -565,7 +565,7 @@ fn serve(a: ServeArgs) -> ExitCode {
         }
     };
     rt.block_on(async move {
-        let app = match crate::App::build(config).await {
+        let app = match crate::app::App::build(config).await {
             Ok(app) => app,
             Err(e) => {
                 eprintln!("serve: {e}");
@@ -601,7 +601,7 @@ fn serve(a: ServeArgs) -> ExitCode {
 
 /// Reloads the config on SIGHUP and when the file changes (checked every
 /// 2 s by modification time and size).
-async fn watch_config(app: std::sync::Arc<crate::App>) {
+async fn watch_config(app: std::sync::Arc<crate::app::App>) {
     use tokio::signal::unix::{SignalKind, signal};
     let source = app.state().config.source.clone();
     let stamp = |p: &std::path::Path| {

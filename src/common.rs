@@ -1,6 +1,7 @@
 //! Small helpers every layer uses, importing nothing of the crate: string
 //! bounding for what gets recorded, the clock, memo cells, header names.
 
+use std::borrow::Cow;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A value derived once from the thing that holds it and kept with it: the
@@ -132,6 +133,29 @@ fn slow_rfc3339_millis(t: time::OffsetDateTime) -> String {
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
     );
     t.format(&fmt).unwrap_or_default()
+}
+
+/// `s` with every control character (C0, DEL, C1) and every bidirectional
+/// override written as an escape (`\u{1b}`), for output a person reads
+/// in a terminal or a page: a recorded string can never move the cursor,
+/// recolour the screen or reorder what is shown.
+pub fn escape_controls(s: &str) -> Cow<'_, str> {
+    fn risky(c: char) -> bool {
+        c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    }
+    if !s.chars().any(risky) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if risky(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
 }
 
 #[cfg(test)]

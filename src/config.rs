@@ -5,7 +5,7 @@
 //! all of them). Keys of features this build does not implement yet are
 //! recognised and refused with "not supported yet". Relative paths resolve
 //! against the config file's folder. Files the config names are opened by
-//! [`Config::check_files`] (what `check-config` runs) and again when the
+//! [`crate::preflight::check_files`] (what `check-config` runs) and again when the
 //! gateway builds its runtime state.
 
 use std::collections::{BTreeSet, HashMap};
@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::authn::keys;
 use crate::route::Action;
 
 /// One problem in a config, with the key path it concerns.
@@ -47,10 +46,10 @@ impl ConfigErrors {
 }
 
 #[derive(Default)]
-struct Problems(Vec<Problem>);
+pub struct Problems(pub Vec<Problem>);
 
 impl Problems {
-    fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
+    pub fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
         self.0.push(Problem {
             key: key.into(),
             message: message.into(),
@@ -538,80 +537,6 @@ impl Config {
             }
         }
         (refused.0, warned.0)
-    }
-
-    /// Opens every file the config references and reports each that is
-    /// missing or unusable (what `check-config` does without `--skip-files`).
-    pub fn check_files(&self) -> Vec<Problem> {
-        let mut p = Problems::default();
-        p.0.extend(self.key_file_modes().0);
-        for (i, iss) in self.auth.issuers.iter().enumerate() {
-            for (j, path) in iss.public_keys.iter().enumerate() {
-                if let Err(e) = keys::load_public_key(path, &iss.algorithms) {
-                    p.add(format!("auth.issuers[{i}].public_keys[{j}]"), e.to_string());
-                }
-            }
-            if let Some(ca) = iss.jwks.as_ref().and_then(|j| j.ca_file.as_ref())
-                && let Err(e) = crate::tls::load_ca_file(ca)
-            {
-                p.add(format!("auth.issuers[{i}].jwks_ca_file"), e.to_string());
-            }
-        }
-        if let Some(tls) = &self.server.tls
-            && let Err(e) = crate::tls::server_config(tls)
-        {
-            p.add("server.tls", e);
-        }
-        if let Some(ca) = &self.upstream.ca_file
-            && let Err(e) = crate::tls::load_ca_file(ca)
-        {
-            p.add("upstream.ca_file", e.to_string());
-        }
-        match &self.secrets.backend {
-            SecretsBackend::File(file) => {
-                if let Err(e) = crate::secrets::FileSource::read_file(file) {
-                    p.add("secrets.file", e.to_string());
-                }
-            }
-            SecretsBackend::Vault(v) => {
-                if let Some(ca) = &v.ca_file
-                    && let Err(e) = crate::tls::load_ca_file(ca)
-                {
-                    p.add("secrets.vault.ca_file", e.to_string());
-                }
-                let credential = match &v.auth {
-                    VaultAuth::Token { token_file } => {
-                        token_file.as_ref().map(|f| ("token_file", f))
-                    }
-                    VaultAuth::Kubernetes { jwt_file, .. } => {
-                        Some(("kubernetes_jwt_file", jwt_file))
-                    }
-                    VaultAuth::AppRole { secret_id_file, .. } => {
-                        Some(("approle_secret_id_file", secret_id_file))
-                    }
-                };
-                if let Some((key, f)) = credential
-                    && let Err(e) = std::fs::metadata(f)
-                {
-                    p.add(
-                        format!("secrets.vault.{key}"),
-                        format!("cannot read {}: {e}", f.display()),
-                    );
-                }
-            }
-        }
-        if let Err(e) = crate::audit::HmacKey::load(&self.audit.hmac_key_file) {
-            p.add("audit.hmac_key_file", e.to_string());
-        }
-        if let Some(k) = &self.audit.signing_key_file
-            && let Err(e) = crate::audit::Signer::load(k)
-        {
-            p.add("audit.signing_key_file", e);
-        }
-        if let Err(e) = crate::audit::check_writable(&self.audit.file) {
-            p.add("audit.file", e.to_string());
-        }
-        p.0
     }
 
     pub fn project(&self, alias: &str) -> Option<&ProjectConfig> {

@@ -24,9 +24,10 @@ use secrecy::ExposeSecret;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::App;
+use crate::app::App;
+use crate::audit::Unverified;
 use crate::audit::{Caller, Decision, Phase, Record, UpstreamOutcome};
-use crate::authn::{AuthFailure, Binding, Unverified};
+use crate::authn::{AuthFailure, Binding};
 use crate::common::names;
 use crate::error::{GatewayError, Reject, rescue};
 use crate::forward::ForwardError;
@@ -94,12 +95,7 @@ where
     let started = Instant::now();
     let request_id = uuid::Uuid::new_v4().to_string();
     if let Some(err) = framing_error(req.headers()) {
-        app.metrics
-            .connection_errors
-            .get_or_create(&KindLabels {
-                kind: "bad_framing",
-            })
-            .inc();
+        app.metrics.connection_error("bad_framing");
         return finish(
             &app,
             started,
@@ -241,7 +237,7 @@ where
 /// as such.
 async fn authenticate(
     app: &App,
-    state: &crate::State,
+    state: &crate::app::State,
     trace: &mut Trace,
     parts: &Parts,
 ) -> Result<Arc<crate::authn::Principal>, GatewayError> {
@@ -294,7 +290,7 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
 /// writes its `denied` record); every later outcome is answered here.
 async fn pipeline(
     app: &App,
-    state: &crate::State,
+    state: &crate::app::State,
     trace: &mut Trace,
     parts: &Parts,
     principal: &Arc<crate::authn::Principal>,

@@ -19,9 +19,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
-use crate::App;
+use crate::app::App;
 use crate::gateway::Peer;
-use crate::metrics::KindLabels;
 
 /// Bound listeners, ready to serve.
 pub struct Listeners {
@@ -126,7 +125,7 @@ async fn accept_loop(
             }
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            count(&app, "connection_limit");
+            app.metrics.connection_error("connection_limit");
             drop(stream);
             continue;
         };
@@ -153,8 +152,8 @@ async fn accept_loop(
                     let timeout = app.server().header_read_timeout;
                     let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                         Ok(Ok(s)) => s,
-                        Ok(Err(_)) => return count(&app, "tls_handshake"),
-                        Err(_) => return count(&app, "tls_handshake_timeout"),
+                        Ok(Err(_)) => return app.metrics.connection_error("tls_handshake"),
+                        Err(_) => return app.metrics.connection_error("tls_handshake_timeout"),
                     };
                     let (_, conn) = tls.get_ref();
                     let h2 = conn.alpn_protocol() == Some(b"h2");
@@ -213,13 +212,6 @@ where
     }
 }
 
-pub(crate) fn count(app: &App, kind: &'static str) {
-    app.metrics
-        .connection_errors
-        .get_or_create(&KindLabels { kind })
-        .inc();
-}
-
 fn count_conn_error(app: &App, e: &hyper::Error) {
     let kind = if e.is_parse_too_large() {
         "header_too_large"
@@ -233,5 +225,5 @@ fn count_conn_error(app: &App, e: &hyper::Error) {
         "io"
     };
     tracing::debug!(kind, "connection ended with an error");
-    count(app, kind);
+    app.metrics.connection_error(kind);
 }

@@ -70,6 +70,13 @@ fn buckets() -> impl Iterator<Item = f64> {
 }
 
 impl Metrics {
+    /// Counts a protocol-level refusal or a connection ended in error.
+    pub fn connection_error(&self, kind: &'static str) {
+        self.connection_errors
+            .get_or_create(&KindLabels { kind })
+            .inc();
+    }
+
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("batch_gateway");
         let requests = Family::<RequestLabels, Counter>::default();

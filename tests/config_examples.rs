@@ -34,7 +34,7 @@ async fn the_dev_config_opens_every_file_serve_dev_writes() {
     let listen = "127.0.0.1:0".parse().unwrap();
     let admin = "127.0.0.1:1".parse().unwrap();
     let (cfg, setup) = batch_gateway::dev::prepare(tmp.path(), listen, admin).unwrap();
-    assert_eq!(cfg.check_files(), vec![]);
+    assert_eq!(batch_gateway::preflight::check_files(&cfg), vec![]);
     assert!(cfg.upstream.dry_run);
     // The minted token is accepted by the dev config's own issuer.
     let authn = batch_gateway::authn::Authenticator::new(&cfg.auth).unwrap();

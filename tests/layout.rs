@@ -321,3 +321,61 @@ fn the_reader_sees_grouped_uses_super_paths_and_skips_test_code() {
     g.insert("d".to_string(), BTreeSet::from(["a".to_string()]));
     assert_eq!(cycles(&g), vec![vec!["a", "b", "c"]]);
 }
+
+/// Nothing imports upwards: the composition root and the edges that serve
+/// requests are imported only from above, and the leaves import nothing of
+/// the crate (`common` at most).
+#[test]
+fn steps_never_import_the_composition_root_and_leaves_stay_leaves() {
+    let g = graph();
+    let importers = |target: &str| -> BTreeSet<String> {
+        g.iter()
+            .filter(|(_, to)| to.contains(target))
+            .map(|(m, _)| m.clone())
+            .collect()
+    };
+    let only_from: &[(&str, &[&str])] = &[
+        (
+            "app",
+            &[
+                "crate",
+                "cli",
+                "listen",
+                "listen::http2",
+                "gateway",
+                "admin",
+            ],
+        ),
+        ("gateway", &["listen", "listen::http2"]),
+        ("admin", &["listen"]),
+        ("listen", &["cli"]),
+        ("listen::http2", &["listen"]),
+        ("cli", &[]),
+        ("dev", &["cli"]),
+        ("preflight", &["app", "cli"]),
+    ];
+    for (target, allowed) in only_from {
+        let extra: Vec<String> = importers(target)
+            .into_iter()
+            .filter(|m| !allowed.contains(&m.as_str()))
+            .collect();
+        assert!(
+            extra.is_empty(),
+            "{target} imported from below by {extra:?}"
+        );
+    }
+    for leaf in [
+        "common",
+        "route",
+        "json",
+        "metrics",
+        "limits",
+        "framing",
+        "keyfile",
+        "audit::record",
+        "audit::lines",
+    ] {
+        let uses: Vec<&String> = g[leaf].iter().filter(|t| *t != "common").collect();
+        assert!(uses.is_empty(), "the leaf {leaf} imports {uses:?}");
+    }
+}

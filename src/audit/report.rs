@@ -177,7 +177,7 @@ pub fn build(files: &[PathBuf], filter: &Filter) -> Result<Report, Broken> {
 impl Report {
     /// The reviewer's text.
     pub fn text(&self) -> String {
-        use super::escape_controls as esc;
+        use crate::common::escape_controls as esc;
         let mut o = String::new();
         let line = |o: &mut String, s: String| {
             o.push_str(&s);

@@ -7,7 +7,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::lines::{self, LineError};
-use super::{PrunedThrough, ZERO_HASH};
+use super::record::{PrunedThrough, ZERO_HASH, checkpoint_message};
+use crate::common::escape_controls;
 
 /// A chain that verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,7 +178,7 @@ fn check_signature(rec: &Value, seq: u64, head: &str, pk: &[u8]) -> Option<bool>
     match rec.get("sig_format").and_then(Value::as_u64) {
         Some(2) => {
             let ts = rec.get("ts").and_then(Value::as_str)?;
-            let msg = super::checkpoint_message(seq, ts, head);
+            let msg = checkpoint_message(seq, ts, head);
             key.verify(&msg, &sig).ok().map(|()| false)
         }
         None => key.verify(head.as_bytes(), &sig).ok().map(|()| true),
@@ -255,7 +256,7 @@ pub fn verify(files: &[PathBuf], opts: &VerifyOptions) -> Result<Verified, Broke
                             .map(|f| {
                                 format!(
                                     "; this file continues {}: verify the folder that holds both",
-                                    super::escape_controls(f)
+                                    escape_controls(f)
                                 )
                             })
                             .unwrap_or_default();
@@ -524,9 +525,9 @@ pub fn table(rows: &[(String, Value)]) -> String {
         // Recorded strings are caller-chosen: nothing reaches the
         // terminal raw.
         match cur {
-            Value::String(s) => super::escape_controls(s).into_owned(),
+            Value::String(s) => escape_controls(s).into_owned(),
             Value::Null => "-".into(),
-            other => super::escape_controls(&other.to_string()).into_owned(),
+            other => escape_controls(&other.to_string()).into_owned(),
         }
     };
     let grid: Vec<Vec<String>> = rows

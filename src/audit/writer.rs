@@ -51,11 +51,51 @@ use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
 use super::lines::Backwards;
-use super::{AuditError, Phase, PrunedThrough, Record, ZERO_HASH, checkpoint_message};
+use super::record::{
+    Decision, Phase, PrunedThrough, Record, ZERO_HASH, checkpoint_message, record_unix_ts,
+};
 use crate::common::{now_rfc3339, rfc3339_millis};
 
 /// Longest line the writer will look for at the end of a file.
 const MAX_LINE_BYTES: u64 = 1 << 20;
+
+/// The audit trail could not take a record.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuditError {
+    #[error("the audit file cannot be written")]
+    Unavailable,
+}
+
+/// Checks that the audit file (or its folder) can be created and written.
+pub fn check_writable(path: &Path) -> std::io::Result<()> {
+    if path.exists() {
+        OpenOptions::new().append(true).open(path).map(drop)
+    } else {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut probe = dir.to_path_buf();
+        // The nearest existing ancestor must be a writable folder.
+        while !probe.exists() {
+            match probe.parent() {
+                Some(p) => probe = p.to_path_buf(),
+                None => break,
+            }
+        }
+        if !probe.is_dir() {
+            return Err(std::io::Error::other(format!(
+                "{} is not a folder",
+                probe.display()
+            )));
+        }
+        let meta = std::fs::metadata(&probe)?;
+        if meta.permissions().readonly() {
+            return Err(std::io::Error::other(format!(
+                "{} is read-only",
+                probe.display()
+            )));
+        }
+        Ok(())
+    }
+}
 
 /// The Ed25519 key that signs checkpoints.
 pub struct Signer(ring::signature::Ed25519KeyPair);
@@ -746,7 +786,7 @@ fn span_of(path: &Path) -> Option<Span> {
         first_prev: first.get("prev")?.as_str()?.to_string(),
         last_seq: last.get("seq")?.as_u64()?,
         last_hash: hex::encode(Sha256::digest(&last_line)),
-        last_ts: super::record_unix_ts(&last)?,
+        last_ts: record_unix_ts(&last)?,
         bytes: std::fs::metadata(path).ok()?.len(),
     })
 }
@@ -1226,7 +1266,7 @@ impl Writer {
         addrs.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         addrs.truncate(10);
         let mut rec = Record::new(Phase::Summary);
-        rec.decision = Some(super::Decision::Deny);
+        rec.decision = Some(Decision::Deny);
         rec.count = Some(u.count);
         rec.by_reason = Some(serde_json::json!(u.by_reason));
         rec.by_client_addr = Some(serde_json::Value::Object(

@@ -44,7 +44,7 @@ use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep, sleep};
 
-use crate::App;
+use crate::app::App;
 use crate::error::{GatewayError, Reject, rescue};
 use crate::gateway::Peer;
 
@@ -89,7 +89,7 @@ where
     {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => return count_error(app, &e),
-        Err(_) => return super::count(app, "header_timeout"),
+        Err(_) => return app.metrics.connection_error("header_timeout"),
     };
     let mut streams = JoinSet::new();
     let idle = sleep(server.h2_idle_timeout);
@@ -132,7 +132,7 @@ where
             }
             () = flood.notify.notified(), if !going_away => {
                 tracing::info!(client = %peer.addr, "h2 client reset too many streams: GOAWAY");
-                super::count(app, "h2_reset_flood");
+                app.metrics.connection_error("h2_reset_flood");
                 close_now(&mut conn, Reason::ENHANCE_YOUR_CALM, close_by.as_mut(), &mut going_away);
             }
             _ = stop.changed(), if !stopping => {
@@ -177,7 +177,7 @@ fn count_error(app: &App, e: &h2::Error) {
         None => "io",
     };
     tracing::debug!(kind, error = %e, "h2 connection ended with an error");
-    super::count(app, kind);
+    app.metrics.connection_error(kind);
 }
 
 /// One stream: the request through the gateway, the answer back.
@@ -193,7 +193,7 @@ async fn stream(
     let (back, returned) = oneshot::channel();
     let resp = if parts.headers.len() > server.max_headers {
         // Protocol level, as HTTP/1.1's 431: answered here, not audited.
-        super::count(&app, "header_too_large");
+        app.metrics.connection_error("header_too_large");
         let err = GatewayError::new(Reject::HeadersTooLarge).message(format!(
             "the request has more than {} header fields",
             server.max_headers

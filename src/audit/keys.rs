@@ -1,0 +1,71 @@
+//! The HMAC key behind `token_fp` and `key_fp`.
+
+use std::path::Path;
+
+use hmac::{Hmac, Mac};
+use secrecy::{ExposeSecret, SecretBox};
+use sha2::Sha256;
+
+/// The key behind `token_fp` and `key_fp`, held as HMAC-SHA256 already
+/// keyed (the key's inner and outer blocks absorbed), so that each
+/// fingerprint hashes only its data. That state is as sensitive as the key
+/// and, like the key before it, lives as long as the process and prints
+/// nothing; the raw key bytes are zeroized once it is built.
+#[derive(Clone)]
+pub struct HmacKey(Hmac<Sha256>);
+
+#[derive(Debug, thiserror::Error)]
+pub enum HmacKeyError {
+    #[error("cannot read the audit HMAC key file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the audit HMAC key in {path} is shorter than 32 bytes")]
+    TooShort { path: String },
+}
+
+impl HmacKey {
+    /// The file's bytes, one trailing newline stripped, at least 32 bytes.
+    pub fn load(path: &Path) -> Result<Self, HmacKeyError> {
+        let mut bytes = std::fs::read(path).map_err(|source| HmacKeyError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        if bytes.last() == Some(&b'\n') {
+            bytes.pop();
+            if bytes.last() == Some(&b'\r') {
+                bytes.pop();
+            }
+        }
+        if bytes.len() < 32 {
+            return Err(HmacKeyError::TooShort {
+                path: path.display().to_string(),
+            });
+        }
+        Ok(Self::from_bytes(bytes))
+    }
+
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        let key = SecretBox::new(Box::new(bytes));
+        // HMAC takes keys of any length (RFC 2104): for `Hmac`,
+        // `new_from_slice` never fails; the fallback is unreachable.
+        let mac = Hmac::<Sha256>::new_from_slice(key.expose_secret())
+            .unwrap_or_else(|_| Hmac::<Sha256>::new(&Default::default()));
+        HmacKey(mac)
+    }
+
+    /// HMAC-SHA256 of `data`, the first 16 lowercase hex characters.
+    pub fn fingerprint(&self, data: &[u8]) -> String {
+        let mut mac = self.0.clone();
+        mac.update(data);
+        hex::encode(&mac.finalize().into_bytes()[..8])
+    }
+}
+
+impl std::fmt::Debug for HmacKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HmacKey([REDACTED])")
+    }
+}
