@@ -68,7 +68,7 @@ fn pieces(c: &mut Criterion) {
                 &http::Method::POST,
                 "/2.8/campaigns/delete",
             ));
-            black_box(batch_gateway::gateway::validate_body(body).is_ok())
+            black_box(batch_gateway::gateway::request::validate_body(body).is_ok())
         })
     });
 

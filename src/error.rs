@@ -257,6 +257,111 @@ impl From<Reject> for GatewayError {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Each step's error, as the caller and the audit trail see it
+// ---------------------------------------------------------------------------
+
+impl From<crate::authn::AuthError> for GatewayError {
+    fn from(e: crate::authn::AuthError) -> Self {
+        use crate::authn::AuthFailure;
+        GatewayError::new(match e.kind {
+            AuthFailure::Missing => Reject::TokenMissing,
+            AuthFailure::Invalid => Reject::TokenInvalid,
+            AuthFailure::Expired => Reject::TokenExpired,
+        })
+        .detail(e.detail)
+    }
+}
+
+impl From<crate::policy::Forbidden> for GatewayError {
+    fn from(f: crate::policy::Forbidden) -> Self {
+        use crate::policy::Forbidden;
+        match f {
+            Forbidden::DuplicateProjectHeader => GatewayError::new(Reject::MalformedParameter)
+                .detail(f.detail())
+                .message("send X-Batch-Project once"),
+            _ => GatewayError::new(Reject::Forbidden)
+                .detail(f.detail())
+                .message(f.to_string()),
+        }
+    }
+}
+
+impl From<crate::json::JsonError> for GatewayError {
+    fn from(e: crate::json::JsonError) -> Self {
+        use crate::json::JsonError;
+        GatewayError::new(Reject::MalformedJson).detail(match e {
+            JsonError::NotJson => "not_json",
+            JsonError::NotObject => "not_object",
+            JsonError::DuplicateMember => "duplicate_member",
+        })
+    }
+}
+
+impl From<crate::replay::ReplayError> for GatewayError {
+    fn from(e: crate::replay::ReplayError) -> Self {
+        use crate::replay::ReplayError;
+        match e {
+            ReplayError::Replayed => GatewayError::new(Reject::TokenReplayed).detail("replayed"),
+            ReplayError::Full => GatewayError::new(Reject::Overloaded).detail("replay_memory_full"),
+        }
+    }
+}
+
+impl From<crate::limits::Limited> for GatewayError {
+    fn from(l: crate::limits::Limited) -> Self {
+        use crate::limits::Limited;
+        match l {
+            Limited::Cooldown {
+                retry_after_s,
+                unavailable: true,
+            } => GatewayError::new(Reject::UpstreamCooldownUnavailable)
+                .detail("after_503")
+                .retry_after(retry_after_s),
+            Limited::Cooldown { retry_after_s, .. } => GatewayError::new(Reject::UpstreamCooldown)
+                .detail("after_429")
+                .retry_after(retry_after_s),
+            Limited::RateLimited {
+                retry_after_s,
+                detail,
+            } => GatewayError::new(Reject::RateLimited)
+                .detail(detail)
+                .retry_after(retry_after_s),
+            Limited::QuotaExceeded {
+                retry_after_s,
+                detail,
+            } => GatewayError::new(Reject::QuotaExceeded)
+                .detail(detail)
+                .retry_after(retry_after_s),
+        }
+    }
+}
+
+impl From<crate::secrets::SourceError> for GatewayError {
+    fn from(e: crate::secrets::SourceError) -> Self {
+        use crate::secrets::SourceError;
+        GatewayError::new(Reject::SecretsUnavailable).detail(match e {
+            SourceError::NotFound => "secret_missing",
+            SourceError::Invalid(_) => "secret_invalid",
+            SourceError::Unavailable(_) => "backend_unavailable",
+        })
+    }
+}
+
+impl From<crate::forward::ForwardError> for GatewayError {
+    fn from(e: crate::forward::ForwardError) -> Self {
+        use crate::forward::ForwardError;
+        match e {
+            ForwardError::Timeout { .. } => {
+                GatewayError::new(Reject::UpstreamTimeout).detail("timeout")
+            }
+            ForwardError::Unreachable { detail, .. } => {
+                GatewayError::new(Reject::UpstreamUnreachable).detail(detail)
+            }
+        }
+    }
+}
+
 /// Renders `err` as the caller sees it.
 pub fn rescue(err: &GatewayError, request_id: Option<&str>) -> Response<Full<Bytes>> {
     let message = err

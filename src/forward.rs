@@ -42,6 +42,16 @@ pub struct Answer {
     pub error_code: Option<String>,
 }
 
+impl Answer {
+    /// The caller's response: Batch's status, the filtered headers, the body.
+    pub fn into_response(self) -> http::Response<Full<Bytes>> {
+        let mut resp = http::Response::new(Full::new(self.body));
+        *resp.status_mut() = self.status;
+        *resp.headers_mut() = self.headers;
+        resp
+    }
+}
+
 /// Why no answer came back.
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {

@@ -91,6 +91,24 @@ impl ReplayCache {
         }
     }
 
+    /// [`ReplayCache::reserve`], held by a guard: given back when the
+    /// guard goes, unless [`Reservation::spend`] said the request got as
+    /// far as its durable attempt record.
+    pub fn hold(
+        &self,
+        iss: &str,
+        jti: &str,
+        expires_at: i64,
+    ) -> Result<Reservation<'_>, ReplayError> {
+        self.reserve(iss, jti, expires_at)?;
+        Ok(Reservation {
+            cache: self,
+            iss: iss.to_string(),
+            jti: jti.to_string(),
+            spent: false,
+        })
+    }
+
     /// Gives a reservation back: the request was not forwarded.
     pub fn release(&self, iss: &str, jti: &str) {
         self.spent.invalidate(&key(iss, jti));
@@ -175,6 +193,29 @@ fn line_ts(line: &[u8]) -> Option<i64> {
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     memchr::memmem::find(hay, needle).is_some()
+}
+
+/// A single-use `jti` reserved for one request (see [`ReplayCache::hold`]).
+pub struct Reservation<'a> {
+    cache: &'a ReplayCache,
+    iss: String,
+    jti: String,
+    spent: bool,
+}
+
+impl Reservation<'_> {
+    /// The attempt is on disk: the `jti` stays spent whatever follows.
+    pub fn spend(mut self) {
+        self.spent = true;
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.spent {
+            self.cache.release(&self.iss, &self.jti);
+        }
+    }
 }
 
 #[cfg(test)]
