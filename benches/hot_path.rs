@@ -39,10 +39,9 @@ fn tokens(c: &mut Criterion) {
     }
 }
 
-fn pieces(c: &mut Criterion) {
-    let w = World::without_batch();
-    let cfg = w.config(|_| {});
-    let principal = Principal {
+/// A verified caller of team growth.
+fn principal() -> Principal {
+    Principal {
         iss: ISS.into(),
         sub: "svc".into(),
         teams: vec!["growth".into()],
@@ -50,7 +49,13 @@ fn pieces(c: &mut Criterion) {
         exp: now_s() + 600,
         binding: Default::default(),
         recorded: batch_gateway::common::Memo::new(),
-    };
+    }
+}
+
+fn pieces(c: &mut Criterion) {
+    let w = World::without_batch();
+    let cfg = w.config(|_| {});
+    let principal = principal();
     c.bench_function("policy decision", |b| {
         b.iter(|| {
             black_box(batch_gateway::policy::authorize(
@@ -58,6 +63,7 @@ fn pieces(c: &mut Criterion) {
                 &principal,
                 &["marketing-prod"],
                 batch_gateway::route::Action::CampaignsDelete,
+                "/2.8/campaigns/delete",
             ))
         })
     });
@@ -168,7 +174,16 @@ fn whole_request(c: &mut Criterion) {
 fn header_rewrite(c: &mut Criterion) {
     use batch_gateway::forward::Upstream;
     use batch_gateway::secrets::ProjectSecret;
-    let up = Upstream::new(&World::without_batch().config(|_| {}).upstream).unwrap();
+    let cfg = World::without_batch().config(|_| {});
+    let up = Upstream::new(&cfg.upstream).unwrap();
+    let permit = batch_gateway::policy::authorize(
+        &cfg,
+        &principal(),
+        &["marketing-prod"],
+        batch_gateway::route::Action::CampaignsDelete,
+        "/2.8/campaigns/delete",
+    )
+    .unwrap();
     let secret = ProjectSecret {
         rest_key: secrecy::SecretString::from("rk_0123456789abcdef0123456789abcdef"),
         project_key: "project_0123456789abcdefghijklmnopqrstuv".into(),
@@ -196,8 +211,8 @@ fn header_rewrite(c: &mut Criterion) {
         b.iter(|| {
             black_box(
                 up.request_for(
+                    &permit,
                     &secret,
-                    "/2.8/campaigns/delete",
                     body.clone(),
                     "00000000-0000-4000-8000-000000000000",
                     &caller,

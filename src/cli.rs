@@ -406,7 +406,7 @@ fn audit_query(a: QueryArgs) -> ExitCode {
 }
 
 fn policy_explain(a: &ExplainArgs) -> ExitCode {
-    use crate::policy::authorize;
+    use crate::policy::{authorize, matching_grants};
     use crate::route::Action;
     let cfg = match Config::load(&a.config) {
         Ok(c) => c,
@@ -460,7 +460,8 @@ fn policy_explain(a: &ExplainArgs) -> ExitCode {
     };
     let headers: Vec<&str> = a.project.iter().map(String::as_str).collect();
     say!("teams: {}", principal.teams.join(", "));
-    match authorize(&cfg, &principal, &headers, action) {
+    // Explain decides on the grants alone: no request target is routed.
+    match authorize(&cfg, &principal, &headers, action, "") {
         Err(f) => {
             say!("decision: deny (forbidden: {f})");
             ExitCode::from(1)
@@ -469,37 +470,33 @@ fn policy_explain(a: &ExplainArgs) -> ExitCode {
             say!("decision: allow");
             say!(
                 "project: {} (secret path {})",
-                permit.project,
-                permit.secret_path
+                permit.project(),
+                permit.secret_path()
             );
             say!("action: {}", action.name());
-            for (i, t) in cfg.teams.iter().enumerate() {
-                if !principal.teams.contains(&t.name) {
-                    continue;
-                }
-                for (j, g) in t.grants.iter().enumerate() {
-                    if g.project == permit.project && g.actions.contains(&action) {
-                        let limit = |v: Option<String>| v.unwrap_or_else(|| "none".into());
-                        say!(
-                            "granted by teams[{i}].grants[{j}] (team {}): rate_per_minute {}, daily_quota {}, dry_run {}, require_bound_token {}, single_use_tokens {}",
-                            t.name,
-                            limit(g.rate_per_minute.map(|v| v.to_string())),
-                            limit(g.daily_quota.map(|v| v.to_string())),
-                            g.dry_run,
-                            g.require_bound_token,
-                            g.single_use_tokens
-                        );
-                    }
-                }
+            for m in matching_grants(&cfg, &principal.teams, permit.project(), action) {
+                let g = m.config;
+                let limit = |v: Option<String>| v.unwrap_or_else(|| "none".into());
+                say!(
+                    "granted by teams[{}].grants[{}] (team {}): rate_per_minute {}, daily_quota {}, dry_run {}, require_bound_token {}, single_use_tokens {}",
+                    m.team,
+                    m.grant,
+                    m.team_name,
+                    limit(g.rate_per_minute.map(|v| v.to_string())),
+                    limit(g.daily_quota.map(|v| v.to_string())),
+                    g.dry_run,
+                    g.require_bound_token,
+                    g.single_use_tokens
+                );
             }
             let pace = permit
-                .upstream_rate_per_s
+                .upstream_rate_per_s()
                 .map_or_else(|| "none".to_string(), |v| format!("{v}/s"));
             say!(
                 "applies: dry_run {}, require_bound_token {}, single_use_tokens {}, upstream pace {pace}",
-                permit.dry_run || cfg.upstream.dry_run,
-                permit.require_bound_token,
-                permit.single_use_tokens
+                permit.dry_run() || cfg.upstream.dry_run,
+                permit.require_bound_token(),
+                permit.single_use_tokens()
             );
             ExitCode::SUCCESS
         }

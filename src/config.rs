@@ -1188,4 +1188,4 @@ fn valid_alias(s: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

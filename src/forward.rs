@@ -15,7 +15,7 @@ mod client;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, Uri, header};
 use http_body_util::Full;
 use secrecy::ExposeSecret;
 
@@ -110,37 +110,36 @@ impl Upstream {
         &self,
         permit: &Permit,
         secret: &ProjectSecret,
-        path: &str,
         body: Bytes,
         request_id: &str,
         caller_headers: &HeaderMap,
     ) -> Result<Answer, ForwardError> {
-        let _ = permit; // holding a Permit is what allows the call
         let started = Instant::now();
         let req = self
-            .request_for(secret, path, body, request_id, caller_headers)
+            .request_for(permit, secret, body, request_id, caller_headers)
             .map_err(|detail| unreachable(detail, started))?;
         self.exchange(req, started, secret).await
     }
 
-    /// The request Batch gets: `POST <base_url><path>` with the project's
+    /// The request Batch gets: the permitted action's method on
+    /// `<base_url><permit's target>` with the project's
     /// keys, the gateway's request id and trace context, and of the
     /// caller's headers only the allowlisted ones. `Err` names what could
     /// not be built (a key that is not a valid header value, say).
     pub fn request_for(
         &self,
+        permit: &Permit,
         secret: &ProjectSecret,
-        path: &str,
         body: Bytes,
         request_id: &str,
         caller_headers: &HeaderMap,
     ) -> Result<Request<Full<Bytes>>, &'static str> {
         // Origin-form: the connection already goes to base_url's host.
-        let uri: Uri = format!("{}{}", self.prefix, path)
+        let uri: Uri = format!("{}{}", self.prefix, permit.target())
             .parse()
             .map_err(|_| "bad_uri")?;
         let mut req = Request::builder()
-            .method(Method::POST)
+            .method(permit.action().method())
             .uri(uri)
             .body(Full::new(body))
             .map_err(|_| "bad_request")?;

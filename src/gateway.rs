@@ -168,21 +168,27 @@ async fn pipeline(
     let action = crate::route::route(&parts.method, target).ok_or(Reject::RouteNotFound)?; // 2
     rec.action = Some(action.name());
     let projects = request::project_headers(parts)?;
-    let permit = policy::authorize(&state.config, principal, &projects, action)?; // 3
-    rec.project = Some(permit.project.as_str().into());
+    let permit = policy::authorize(&state.config, principal, &projects, action, target)?; // 3
+    rec.project = Some(permit.project().into());
     let campaign_id = request::validate_body(&body)?; // 4
     rec.campaign_id = Some(campaign_id.as_str().into());
     let method = parts.method.as_str();
-    request::check_bound(principal, permit.require_bound_token, method, target, &body)?; // 5
+    request::check_bound(
+        principal,
+        permit.require_bound_token(),
+        method,
+        target,
+        &body,
+    )?; // 5
     let reservation = single_use(app, state, rec, principal, &permit)?;
-    app.limits.cooldown(&permit.project)?;
-    let mut quota = app.limits.check(&permit.limits, crate::common::now_s())?;
+    app.limits.cooldown(permit.project())?;
+    let mut quota = app.limits.check(permit.limits(), crate::common::now_s())?;
     app.limits
-        .pace(&permit.project, permit.upstream_rate_per_s)
+        .pace(permit.project(), permit.upstream_rate_per_s())
         .await?;
-    let (secret, freshness) = app.secrets.get(&permit.secret_path).await?; // 6
+    let (secret, freshness) = app.secrets.get(permit.secret_path()).await?; // 6
     rec.secret(app, &secret);
-    rec.dry_run = state.config.upstream.dry_run || permit.dry_run;
+    rec.dry_run = state.config.upstream.dry_run || permit.dry_run();
     rec.attempt(app, freshness.as_str(), secret.version).await?; // 7
     // The attempt is durable: the jti and the quota unit are spent,
     // whatever happens next.
@@ -197,14 +203,8 @@ async fn pipeline(
     let canonical = request::canonical_body(&campaign_id);
     // Boxed: the exchange's state machine is the largest of the pipeline's
     // (~6 KB); inline, it made every request's future that large.
-    let sent = state.upstream.forward(
-        &permit,
-        &secret,
-        target,
-        canonical,
-        &rec.request_id,
-        &parts.headers,
-    );
+    let sent =
+        (state.upstream).forward(&permit, &secret, canonical, &rec.request_id, &parts.headers);
     let answer = Box::pin(sent).await;
     rec.upstream_latency = Some(answer.as_ref().map_or_else(|e| e.latency(), |a| a.latency));
     let answer = answer?; // 8
@@ -223,7 +223,7 @@ fn single_use<'a>(
     principal: &Principal,
     permit: &Permit,
 ) -> Result<Option<Reservation<'a>>, GatewayError> {
-    if !principal.binding.is_bound() && !permit.single_use_tokens {
+    if !principal.binding.is_bound() && !permit.single_use_tokens() {
         return Ok(None);
     }
     let jti = principal.jti.as_deref().ok_or_else(|| {
@@ -248,15 +248,15 @@ fn cool_down_when_asked(app: &App, permit: &Permit, answer: &crate::forward::Ans
     let status = answer.status.as_u16();
     if let Some(d) = app
         .limits
-        .start_cooldown(&permit.project, status, retry_after)
+        .start_cooldown(permit.project(), status, retry_after)
     {
         app.metrics
             .cooldowns
             .get_or_create(&crate::metrics::ProjectLabels {
-                project: permit.project.clone(),
+                project: permit.project().to_string(),
             })
             .inc();
-        tracing::warn!(project = %permit.project, status, cooldown_s = d.as_secs(), "Batch asked to back off; this project cools down");
+        tracing::warn!(project = %permit.project(), status, cooldown_s = d.as_secs(), "Batch asked to back off; this project cools down");
     }
 }
 

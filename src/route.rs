@@ -19,6 +19,13 @@ impl Action {
         }
     }
 
+    /// The method Batch's API takes for it.
+    pub fn method(self) -> http::Method {
+        match self {
+            Action::CampaignsDelete => http::Method::POST,
+        }
+    }
+
     pub fn from_name(s: &str) -> Option<Action> {
         Action::ALL.iter().copied().find(|a| a.name() == s)
     }

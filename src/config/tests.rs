@@ -1,6 +1,6 @@
 use super::*;
 
-const BASE: &str = r#"
+pub(crate) const BASE: &str = r#"
 [auth]
 audiences = ["batch-gateway"]
 [[auth.issuers]]
