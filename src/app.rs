@@ -193,18 +193,9 @@ impl App {
         }
         let old = self.state();
         let restart_only = [
-            (
-                "server",
-                format!("{:?}", old.config.server) != format!("{:?}", fresh.server),
-            ),
-            (
-                "secrets",
-                format!("{:?}", old.config.secrets) != format!("{:?}", fresh.secrets),
-            ),
-            (
-                "audit",
-                format!("{:?}", old.config.audit) != format!("{:?}", fresh.audit),
-            ),
+            ("server", old.config.server != fresh.server),
+            ("secrets", old.config.secrets != fresh.secrets),
+            ("audit", old.config.audit != fresh.audit),
             (
                 "auth.replay_cache_size",
                 old.config.auth.replay_cache_size != fresh.auth.replay_cache_size,

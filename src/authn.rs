@@ -118,7 +118,7 @@ pub enum AuthnBuildError {
 
 /// A token that verified, remembered until it expires.
 #[derive(Clone)]
-struct Verified {
+struct CachedToken {
     principal: Arc<Principal>,
     issuer: usize,
     /// The issuer's key-set generation when it verified.
@@ -128,11 +128,11 @@ struct Verified {
 
 struct UntilExpiry;
 
-impl moka::Expiry<[u8; 32], Verified> for UntilExpiry {
+impl moka::Expiry<[u8; 32], CachedToken> for UntilExpiry {
     fn expire_after_create(
         &self,
         _: &[u8; 32],
-        v: &Verified,
+        v: &CachedToken,
         _: std::time::Instant,
     ) -> Option<std::time::Duration> {
         let left = v
@@ -147,7 +147,7 @@ impl moka::Expiry<[u8; 32], Verified> for UntilExpiry {
     }
 }
 
-/// Verified tokens remembered at most (bounded memory).
+/// CachedToken tokens remembered at most (bounded memory).
 const VERIFIED_CACHE_SIZE: u64 = 100_000;
 
 /// Verifies caller tokens against the configured issuers.
@@ -163,7 +163,7 @@ pub struct Authenticator {
     leeway_s: i64,
     max_lifetime_s: i64,
     team_claim: String,
-    verified: moka::sync::Cache<[u8; 32], Verified>,
+    verified: moka::sync::Cache<[u8; 32], CachedToken>,
     /// Full verifications performed (signature checks), for tests and benches.
     pub full_verifications: std::sync::atomic::AtomicU64,
 }
@@ -287,7 +287,7 @@ impl Authenticator {
         {
             self.verified.insert(
                 key,
-                Verified {
+                CachedToken {
                     principal: principal.clone(),
                     issuer,
                     generation,
@@ -312,7 +312,7 @@ impl Authenticator {
 
     /// A remembered token counts while it has not expired and its issuer's
     /// keys are the ones it was verified with, and still usable.
-    fn still_good(&self, v: &Verified, now: i64) -> bool {
+    fn still_good(&self, v: &CachedToken, now: i64) -> bool {
         if v.principal.exp.saturating_add(self.leeway_s) < now {
             return false;
         }

@@ -264,7 +264,7 @@ fn check_config(a: &CheckArgs) -> ExitCode {
 fn audit_verify(a: &VerifyArgs) -> ExitCode {
     let public_key = match &a.public_key {
         None => None,
-        Some(p) => match verify::load_public_key(p) {
+        Some(p) => match verify::load_checkpoint_key(p) {
             Ok(k) => Some(k),
             Err(e) => {
                 eprintln!("audit verify: {e}");

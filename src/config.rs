@@ -226,7 +226,7 @@ pub struct Config {
     pub teams: Vec<TeamConfig>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     /// Data plane address. Defaults to `127.0.0.1:8080`.
     pub listen: SocketAddr,
@@ -258,7 +258,7 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TlsConfig {
     /// PEM certificate chain.
     pub cert_file: PathBuf,
@@ -320,14 +320,14 @@ pub struct JwksConfig {
     pub stale_max: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum SecretsBackend {
     File(PathBuf),
     Vault(Box<VaultConfig>),
 }
 
 /// `[secrets.vault]`: KV v2 at `<kv_mount>/data/<secret_path>`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct VaultConfig {
     /// `https://host:port`.
     pub address: http::Uri,
@@ -341,7 +341,7 @@ pub struct VaultConfig {
     pub request_timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum VaultAuth {
     /// From `token_file` (re-read when it changes), else `VAULT_TOKEN`.
     Token { token_file: Option<PathBuf> },
@@ -360,7 +360,7 @@ pub enum VaultAuth {
     },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SecretsConfig {
     pub backend: SecretsBackend,
     /// Defaults to 300 s.
@@ -383,7 +383,7 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AuditConfig {
     pub file: PathBuf,
     pub hmac_key_file: PathBuf,

@@ -53,10 +53,10 @@ fn has_bare_line_end(head: &[u8]) -> bool {
 }
 
 /// Inspects a complete head, or replaces it by the stand-in.
-fn decide(head: &[u8], out: &mut BytesMut) -> State {
+fn decide(head: &[u8], out: &mut BytesMut) -> Position {
     if has_bare_line_end(head) {
         out.extend_from_slice(STAND_IN);
-        return State::Off;
+        return Position::Off;
     }
     let at = out.len();
     out.extend_from_slice(head);
@@ -64,7 +64,7 @@ fn decide(head: &[u8], out: &mut BytesMut) -> State {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
+enum Position {
     Head,
     Fixed(u64),
     ChunkSize,
@@ -77,7 +77,7 @@ enum State {
 /// Follows HTTP/1.1 request framing on a byte stream.
 #[derive(Debug)]
 pub struct Tracker {
-    state: State,
+    state: Position,
     buf: Vec<u8>,
     max_head: usize,
 }
@@ -91,7 +91,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 impl Tracker {
     pub fn new(max_head: usize) -> Self {
         Tracker {
-            state: State::Head,
+            state: Position::Head,
             buf: Vec::new(),
             max_head,
         }
@@ -113,11 +113,11 @@ impl Tracker {
         let mut i = 0;
         while i < owned.len() {
             match self.state {
-                State::Off => {
+                Position::Off => {
                     out.extend_from_slice(&owned[i..]);
                     return None;
                 }
-                State::Head => {
+                Position::Head => {
                     if self.buf.is_empty() && (owned[i] == b'\r' || owned[i] == b'\n') {
                         out.extend_from_slice(&owned[i..i + 1]);
                         i += 1;
@@ -145,33 +145,33 @@ impl Tracker {
                         return (!rest.is_empty()).then_some(rest);
                     } else if self.buf.len() > self.max_head {
                         out.extend_from_slice(&std::mem::take(&mut self.buf));
-                        self.state = State::Off;
+                        self.state = Position::Off;
                     }
                 }
-                State::Fixed(n) => {
+                Position::Fixed(n) => {
                     let left = pass_through(owned, &mut i, n, out);
                     self.state = if left == 0 {
-                        State::Head
+                        Position::Head
                     } else {
-                        State::Fixed(left)
+                        Position::Fixed(left)
                     };
                 }
-                State::ChunkData(n) => {
+                Position::ChunkData(n) => {
                     let left = pass_through(owned, &mut i, n, out);
                     self.state = if left == 0 {
-                        State::ChunkEnd
+                        Position::ChunkEnd
                     } else {
-                        State::ChunkData(left)
+                        Position::ChunkData(left)
                     };
                 }
-                State::ChunkSize | State::ChunkEnd | State::Trailers => {
+                Position::ChunkSize | Position::ChunkEnd | Position::Trailers => {
                     let b = owned[i];
                     out.extend_from_slice(&owned[i..i + 1]);
                     i += 1;
                     self.buf.push(b);
                     if b != b'\n' {
                         if self.buf.len() > 4096 {
-                            self.state = State::Off;
+                            self.state = Position::Off;
                         }
                         continue;
                     }
@@ -179,11 +179,11 @@ impl Tracker {
                     let line = line.strip_suffix(b"\n").unwrap_or(&line);
                     let line = line.strip_suffix(b"\r").unwrap_or(line);
                     self.state = match self.state {
-                        State::ChunkEnd if line.is_empty() => State::ChunkSize,
-                        State::ChunkSize => chunk_size(line),
-                        State::Trailers if line.is_empty() => State::Head,
-                        State::Trailers => State::Trailers,
-                        _ => State::Off,
+                        Position::ChunkEnd if line.is_empty() => Position::ChunkSize,
+                        Position::ChunkSize => chunk_size(line),
+                        Position::Trailers if line.is_empty() => Position::Head,
+                        Position::Trailers => Position::Trailers,
+                        _ => Position::Off,
                     };
                 }
             }
@@ -205,26 +205,26 @@ fn pass_through(data: &[u8], i: &mut usize, n: u64, out: &mut BytesMut) -> u64 {
     n - take as u64
 }
 
-fn chunk_size(line: &[u8]) -> State {
+fn chunk_size(line: &[u8]) -> Position {
     let hex = line.split(|b| *b == b';').next().unwrap_or_default();
     let hex = std::str::from_utf8(hex)
         .unwrap_or("")
         .trim_matches([' ', '\t']);
     match u64::from_str_radix(hex, 16) {
-        Ok(0) => State::Trailers,
-        Ok(n) => State::ChunkData(n),
-        Err(_) => State::Off,
+        Ok(0) => Position::Trailers,
+        Ok(n) => Position::ChunkData(n),
+        Err(_) => Position::Off,
     }
 }
 
 /// Looks at one request head; renames ambiguous `Content-Length` headers;
 /// says how the body that follows is framed.
-fn inspect(head: &mut [u8]) -> State {
+fn inspect(head: &mut [u8]) -> Position {
     // One pass decides; nothing is copied or allocated. Of the
     // Transfer-Encoding headers the last one counts; of the Content-Length
     // headers, the first.
     let mut te: Option<bool> = None; // the last one's final coding is chunked
-    let mut cl: Option<State> = None;
+    let mut cl: Option<Position> = None;
     for (_, name, value) in header_lines(head) {
         if name.eq_ignore_ascii_case(b"transfer-encoding") {
             te = Some(
@@ -239,9 +239,9 @@ fn inspect(head: &mut [u8]) -> State {
                     .ok()
                     .and_then(|s| s.parse::<u64>().ok())
                 {
-                    Some(0) => State::Head,
-                    Some(n) => State::Fixed(n),
-                    None => State::Off,
+                    Some(0) => Position::Head,
+                    Some(n) => Position::Fixed(n),
+                    None => Position::Off,
                 },
             );
         }
@@ -260,9 +260,9 @@ fn inspect(head: &mut [u8]) -> State {
         }
     }
     match (te, cl) {
-        (Some(true), _) => State::ChunkSize,
-        (Some(false), _) => State::Off,
-        (None, None) => State::Head,
+        (Some(true), _) => Position::ChunkSize,
+        (Some(false), _) => Position::Off,
+        (None, None) => Position::Head,
         (None, Some(state)) => state,
     }
 }
@@ -369,7 +369,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
 mod tests {
     use super::*;
 
-    fn run(chunks: &[&[u8]]) -> (Vec<u8>, State) {
+    fn run(chunks: &[&[u8]]) -> (Vec<u8>, Position) {
         let mut t = Tracker::new(16384);
         let mut out = BytesMut::new();
         for c in chunks {
@@ -384,9 +384,9 @@ mod tests {
         let (out, st) = run(&[req]);
         assert_eq!(out.len(), req.len());
         assert!(String::from_utf8_lossy(&out).contains("x-ambiguous-cl: 5"));
-        assert_eq!(st, State::Head);
+        assert_eq!(st, Position::Head);
         let plain = b"POST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello";
-        assert_eq!(run(&[plain]), (plain.to_vec(), State::Head));
+        assert_eq!(run(&[plain]), (plain.to_vec(), Position::Head));
     }
 
     #[test]
@@ -400,7 +400,7 @@ mod tests {
         let (out, st) = run(&pieces);
         let text = String::from_utf8_lossy(&out);
         assert_eq!(text.matches("x-ambiguous-cl").count(), 1);
-        assert_eq!(st, State::ChunkSize);
+        assert_eq!(st, Position::ChunkSize);
         // A body that looks like a head is not rewritten.
         let body = "A: b\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n";
         let tricky = format!(
@@ -408,7 +408,7 @@ mod tests {
             body.len()
         );
         let (out, st) = run(&[tricky.as_bytes()]);
-        assert_eq!((out, st), (tricky.into_bytes(), State::Head));
+        assert_eq!((out, st), (tricky.into_bytes(), Position::Head));
     }
 
     #[test]
@@ -443,23 +443,23 @@ mod tests {
         let (s, out) = state(
             "POST http://h:1/x HTTP/1.1\r\nTransfer-Encoding: gzip\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\ncontent-length:7\r\n\r\n",
         );
-        assert_eq!(s, State::ChunkSize);
+        assert_eq!(s, Position::ChunkSize);
         assert_eq!(out.matches(AMBIGUOUS_HEADER).count(), 2, "{out}");
         assert!(
             !out.to_ascii_lowercase().contains("content-length"),
             "{out}"
         );
         let (s, _) = state("POST /x HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n");
-        assert_eq!(s, State::Off);
+        assert_eq!(s, Position::Off);
         let (s, out) = state("POST /x HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\n");
         assert_eq!(
             (s, out.contains(AMBIGUOUS_HEADER)),
-            (State::Fixed(5), false)
+            (Position::Fixed(5), false)
         );
         let (s, _) = state("POST /x:1 HTTP/1.1\r\nContent-Length: 0\r\nno colon here\r\n\r\n");
-        assert_eq!(s, State::Head);
+        assert_eq!(s, Position::Head);
         let (s, _) = state("POST /x HTTP/1.1\r\nContent-Length: x\r\n\r\n");
-        assert_eq!(s, State::Off);
+        assert_eq!(s, Position::Off);
     }
 
     /// The reviewer's reproduction and its variants: a bare LF (or CR)
@@ -483,13 +483,13 @@ mod tests {
                 "{:?}",
                 String::from_utf8_lossy(head)
             );
-            assert_eq!(st, State::Off);
+            assert_eq!(st, Position::Off);
             let bytewise = run(&input.chunks(1).collect::<Vec<_>>());
             assert_eq!(bytewise.0[..STAND_IN.len()], *STAND_IN);
         }
         // CRLF heads are untouched.
         let ok = b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n";
-        assert_eq!(run(&[ok]), (ok.to_vec(), State::Head));
+        assert_eq!(run(&[ok]), (ok.to_vec(), Position::Head));
     }
 
     proptest::proptest! {
@@ -537,9 +537,9 @@ mod tests {
     #[test]
     fn gives_up_on_input_it_cannot_follow() {
         let (_, st) = run(&[b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"]);
-        assert_eq!(st, State::Off);
+        assert_eq!(st, Position::Off);
         let huge = vec![b'a'; 20000];
         let (out, st) = run(&[&huge]);
-        assert_eq!((out.len(), st), (20000, State::Off));
+        assert_eq!((out.len(), st), (20000, Position::Off));
     }
 }

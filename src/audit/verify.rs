@@ -53,7 +53,7 @@ pub struct VerifyOptions {
 }
 
 /// Reads an Ed25519 public key (PEM SubjectPublicKeyInfo) as its 32 bytes.
-pub fn load_public_key(path: &Path) -> Result<Vec<u8>, String> {
+pub fn load_checkpoint_key(path: &Path) -> Result<Vec<u8>, String> {
     use rustls_pki_types::SubjectPublicKeyInfoDer;
     use rustls_pki_types::pem::PemObject;
     let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;

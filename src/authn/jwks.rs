@@ -42,7 +42,7 @@ pub struct JwkKey {
 }
 
 #[derive(Default)]
-struct State {
+struct KeySetCache {
     keys: Arc<Vec<JwkKey>>,
     last_success: Option<Instant>,
     last_attempt: Option<Instant>,
@@ -88,7 +88,7 @@ pub struct Jwks {
     client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
     pinned: Vec<Algorithm>,
     cfg: JwksConfig,
-    state: RwLock<State>,
+    state: RwLock<KeySetCache>,
     fetch_lock: tokio::sync::Mutex<()>,
     /// Fetches attempted (a metric; the flood test counts it).
     pub fetches: AtomicU64,
@@ -106,7 +106,7 @@ impl Jwks {
             client: Client::builder(TokioExecutor::new()).build(https),
             pinned: pinned.to_vec(),
             cfg: cfg.clone(),
-            state: RwLock::new(State::default()),
+            state: RwLock::new(KeySetCache::default()),
             fetch_lock: tokio::sync::Mutex::new(()),
             fetches: AtomicU64::new(0),
             generation: AtomicU64::new(0),

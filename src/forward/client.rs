@@ -95,7 +95,7 @@ impl Failure {
 }
 
 /// How an exchange on one connection ended without an answer.
-enum Broken {
+enum Unwritten {
     Failed(Failure),
     /// The connection closed before the request was written; here it is.
     Unsent(Box<Request<Full<Bytes>>>),
@@ -163,14 +163,14 @@ impl Pool {
                     return Ok(done);
                 }
                 // Not written: Batch closed this idle connection first.
-                Err(Broken::Unsent(unsent)) if reused => req = *unsent,
-                Err(Broken::Unsent(_)) => {
+                Err(Unwritten::Unsent(unsent)) if reused => req = *unsent,
+                Err(Unwritten::Unsent(_)) => {
                     tracing::warn!(
                         "upstream request failed: a new connection closed before the request was written"
                     );
                     return Err(Failure::Exchange);
                 }
-                Err(Broken::Failed(failure)) => return Err(failure),
+                Err(Unwritten::Failed(failure)) => return Err(failure),
             }
         }
     }
@@ -180,16 +180,16 @@ impl Pool {
         &self,
         conn: &mut Conn,
         req: Request<Full<Bytes>>,
-    ) -> Result<(Parts, Bytes), Broken> {
+    ) -> Result<(Parts, Bytes), Unwritten> {
         let sent = conn.sender.try_send_request(req);
         let resp = match conn.drive(sent).await {
             Ok(resp) => resp,
             Err(mut e) => {
                 if let Some(unsent) = e.take_message() {
-                    return Err(Broken::Unsent(Box::new(unsent)));
+                    return Err(Unwritten::Unsent(Box::new(unsent)));
                 }
                 tracing::warn!(error = %e.error(), "upstream request failed");
-                return Err(Broken::Failed(Failure::Exchange));
+                return Err(Unwritten::Failed(Failure::Exchange));
             }
         };
         let (parts, body) = resp.into_parts();
@@ -198,7 +198,7 @@ impl Pool {
             .await
             .map_err(|e| {
                 tracing::warn!(error = %e, "upstream request failed: response body");
-                Broken::Failed(Failure::ResponseBody)
+                Unwritten::Failed(Failure::ResponseBody)
             })?
             .to_bytes();
         Ok((parts, body))
