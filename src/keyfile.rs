@@ -7,6 +7,22 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+use zeroize::Zeroizing;
+
+/// A key or credential file's bytes, one trailing newline (`\n` or
+/// `\r\n`) stripped, wiped from memory when dropped: the one reader of
+/// the audit HMAC key and Vault's credential files.
+pub fn read_secret(path: &Path) -> std::io::Result<Zeroizing<Vec<u8>>> {
+    let mut bytes = Zeroizing::new(std::fs::read(path)?);
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+    }
+    Ok(bytes)
+}
+
 /// What the mode of a secret-holding file says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Exposure {

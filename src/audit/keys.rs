@@ -29,22 +29,16 @@ pub enum HmacKeyError {
 impl HmacKey {
     /// The file's bytes, one trailing newline stripped, at least 32 bytes.
     pub fn load(path: &Path) -> Result<Self, HmacKeyError> {
-        let mut bytes = std::fs::read(path).map_err(|source| HmacKeyError::Read {
+        let bytes = crate::keyfile::read_secret(path).map_err(|source| HmacKeyError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        if bytes.last() == Some(&b'\n') {
-            bytes.pop();
-            if bytes.last() == Some(&b'\r') {
-                bytes.pop();
-            }
-        }
         if bytes.len() < 32 {
             return Err(HmacKeyError::TooShort {
                 path: path.display().to_string(),
             });
         }
-        Ok(Self::from_bytes(bytes))
+        Ok(Self::from_bytes(bytes.to_vec()))
     }
 
     pub fn from_bytes(bytes: Vec<u8>) -> Self {

@@ -82,6 +82,16 @@ pub fn first_line(path: &Path) -> Result<Option<Vec<u8>>, LineError> {
     Ok(out)
 }
 
+/// The first record of `path` (its first complete line, parsed), if any.
+pub fn first_record(path: &Path) -> Result<Option<serde_json::Value>, LineError> {
+    Ok(first_line(path)?.and_then(|l| serde_json::from_slice(&l).ok()))
+}
+
+/// The `seq` of the first record of `path`, if it has one.
+pub fn first_seq(path: &Path) -> Result<Option<u64>, LineError> {
+    Ok(first_record(path)?.and_then(|v| v.get("seq").and_then(serde_json::Value::as_u64)))
+}
+
 /// Complete lines of a file from the last to the first, read backwards in
 /// blocks: memory is one block and one line, whatever the file's size.
 /// Bytes after the last newline (a torn line) are skipped.

@@ -153,11 +153,8 @@ fn line_broken(p: &Path, e: &LineError) -> Broken {
 }
 
 fn first_seq(f: &Path) -> Result<u64, Broken> {
-    let first = lines::first_line(f).map_err(|e| line_broken(f, &e))?;
-    Ok(first
-        .and_then(|l| serde_json::from_slice::<Value>(&l).ok())
-        .and_then(|v| v.get("seq").and_then(Value::as_u64))
-        .unwrap_or(u64::MAX))
+    let first = lines::first_seq(f).map_err(|e| line_broken(f, &e))?;
+    Ok(first.unwrap_or(u64::MAX))
 }
 
 /// Checks one checkpoint's signature: over its seq, ts and head

@@ -777,8 +777,7 @@ struct Span {
 }
 
 fn span_of(path: &Path) -> Option<Span> {
-    let first: serde_json::Value =
-        serde_json::from_slice(&super::lines::first_line(path).ok()??).ok()?;
+    let first = super::lines::first_record(path).ok()??;
     let last_line = Backwards::open(path).ok()?.next_line().ok()??;
     let last: serde_json::Value = serde_json::from_slice(&last_line).ok()?;
     Some(Span {
@@ -812,9 +811,7 @@ fn pruned_state(path: &Path) -> Option<PrunedThrough> {
             }
         }
     }
-    let first: serde_json::Value =
-        serde_json::from_slice(&super::lines::first_line(path).ok()??).ok()?;
-    from(&first)
+    from(&super::lines::first_record(path).ok()??)
 }
 
 /// Where the chain stood after the last successful write.
@@ -1005,11 +1002,7 @@ impl Writer {
         let Ok(live) = std::fs::metadata(&self.path) else {
             return Ok(());
         };
-        let first = super::lines::first_line(&self.path)
-            .ok()
-            .flatten()
-            .and_then(|l| serde_json::from_slice::<serde_json::Value>(&l).ok())
-            .and_then(|v| v.get("seq").and_then(serde_json::Value::as_u64));
+        let first = super::lines::first_seq(&self.path).ok().flatten();
         let Some(first) = first else { return Ok(()) };
         let rotated = rotated_name(&self.path, first);
         if let Ok(r) = std::fs::metadata(&rotated)
@@ -1078,7 +1071,7 @@ impl Writer {
             self.rotated_bytes = rotated_size(&self.path);
         }
         self.started = true;
-        self.file_first_seq = first_seq(&mut file)?;
+        self.file_first_seq = super::lines::first_seq(&self.path).map_err(std::io::Error::other)?;
         self.file_len = live_len;
         self.identity = Some((meta.dev(), meta.ino()));
         self.commit();
@@ -1642,16 +1635,6 @@ pub fn rotated_files(path: &Path) -> Vec<PathBuf> {
         .unwrap_or_default();
     out.sort();
     out
-}
-
-fn first_seq(file: &mut File) -> std::io::Result<Option<u64>> {
-    file.seek(SeekFrom::Start(0))?;
-    let mut buf = Vec::new();
-    file.take(MAX_LINE_BYTES).read_to_end(&mut buf)?;
-    let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
-    Ok(serde_json::from_slice::<serde_json::Value>(line)
-        .ok()
-        .and_then(|v| v.get("seq").and_then(serde_json::Value::as_u64)))
 }
 
 struct Tail {

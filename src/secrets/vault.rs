@@ -60,22 +60,18 @@ fn stamp(path: &PathBuf) -> Option<(Option<SystemTime>, u64)> {
 }
 
 /// A credential file's content, one trailing newline stripped.
-fn read_credential(path: &PathBuf) -> Result<SecretString, SourceError> {
-    let mut s = std::fs::read_to_string(path)
+fn read_credential(path: &std::path::Path) -> Result<SecretString, SourceError> {
+    let bytes = crate::keyfile::read_secret(path)
         .map_err(|e| SourceError::Unavailable(format!("cannot read {}: {e}", path.display())))?;
-    if s.ends_with('\n') {
-        s.pop();
-        if s.ends_with('\r') {
-            s.pop();
-        }
-    }
+    let s = std::str::from_utf8(&bytes)
+        .map_err(|_| SourceError::Unavailable(format!("{} is not UTF-8 text", path.display())))?;
     if s.is_empty() {
         return Err(SourceError::Unavailable(format!(
             "{} is empty",
             path.display()
         )));
     }
-    Ok(SecretString::from(s))
+    Ok(SecretString::from(s.to_string()))
 }
 
 impl VaultSource {
