@@ -10,23 +10,27 @@
 //!
 //! This file is only the module list and what the rest of the crate uses:
 //! `record` (the schema, pure data), `keys` (the HMAC key), `lines`
-//! (reading the trail's lines, forwards and backwards), `writer` (the
-//! group-commit writer, file lifecycle and syncer), `verify` and `report`
+//! (reading the trail's lines, forwards and backwards), `file` (the files'
+//! lifecycle on disk), `writer` (the group-commit writer and its syncer),
+//! `sched` (the syncer thread's priority), `verify` and `report`
 //! (offline). The children name each other, never this file.
 
+mod file;
 pub mod keys;
 pub mod lines;
 pub mod record;
 pub mod report;
+mod sched;
 pub mod verify;
 mod writer;
 
-pub use keys::{HmacKey, HmacKeyError};
+pub use file::{check_writable, rotated_files};
+pub use keys::{HmacKey, HmacKeyError, Signer};
 pub use record::{
     Caller, Decision, Phase, PrunedThrough, Record, Unverified, UpstreamOutcome, ZERO_HASH,
     checkpoint_message, record_unix_ts,
 };
-pub use writer::{AuditError, AuditLog, Options, Signer, check_writable, rotated_files};
+pub use writer::{AuditError, AuditLog, Options};
 
 #[cfg(test)]
 mod tests {

@@ -1,10 +1,15 @@
-//! The HMAC key behind `token_fp` and `key_fp`.
+//! The trail's keys: the HMAC key behind `token_fp` and `key_fp`, and the
+//! Ed25519 key that signs checkpoints.
 
 use std::path::Path;
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretBox};
 use sha2::Sha256;
+
+use super::record::checkpoint_message;
 
 /// The key behind `token_fp` and `key_fp`, held as HMAC-SHA256 already
 /// keyed (the key's inner and outer blocks absorbed), so that each
@@ -61,5 +66,41 @@ impl HmacKey {
 impl std::fmt::Debug for HmacKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("HmacKey([REDACTED])")
+    }
+}
+
+/// The Ed25519 key that signs checkpoints.
+pub struct Signer(ring::signature::Ed25519KeyPair);
+
+impl Signer {
+    /// Reads an Ed25519 private key, PKCS#8 PEM.
+    pub fn load(path: &Path) -> Result<Signer, String> {
+        use rustls_pki_types::PrivatePkcs8KeyDer;
+        use rustls_pki_types::pem::PemObject;
+        let pem =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let der = PrivatePkcs8KeyDer::from_pem_slice(&pem)
+            .map_err(|_| format!("{} is not a PKCS#8 PEM private key", path.display()))?;
+        ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(der.secret_pkcs8_der())
+            .map(Signer)
+            .map_err(|_| format!("{} is not an Ed25519 private key", path.display()))
+    }
+
+    pub fn from_pkcs8(der: &[u8]) -> Option<Signer> {
+        ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
+            .ok()
+            .map(Signer)
+    }
+
+    /// base64url (unpadded) Ed25519 signature over a checkpoint's
+    /// [`checkpoint_message`].
+    pub fn sign_checkpoint(&self, seq: u64, ts: &str, head: &str) -> String {
+        let msg = checkpoint_message(seq, ts, head);
+        URL_SAFE_NO_PAD.encode(self.0.sign(&msg).as_ref())
+    }
+
+    pub fn public_key(&self) -> Vec<u8> {
+        use ring::signature::KeyPair;
+        self.0.public_key().as_ref().to_vec()
     }
 }
