@@ -342,9 +342,21 @@ async fn shutdown_sends_goaway_and_finishes_streams_in_flight() {
     h.push(("content-length".into(), body.len().to_string()));
     busy.send(&frame(HEADERS, END_HEADERS, 1, &block_of(&h)))
         .await;
-    // Both connections are up (their SETTINGS read) before the stop.
+    // Both connections are up (their SETTINGS read), and the busy one's
+    // request holds its in-flight slot, waiting for its body.
     assert!(idle.until(SECS_5, |f| f.kind == SETTINGS).await.is_some());
     assert!(busy.until(SECS_5, |f| f.kind == SETTINGS).await.is_some());
+    let all = gw.app.server().max_concurrent_requests;
+    for _ in 0..500 {
+        if gw.app.inflight.available_permits() < all {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        gw.app.inflight.available_permits() < all,
+        "the stream is in flight"
+    );
     let t0 = std::time::Instant::now();
     let stopping = tokio::spawn(gw.stop());
     assert!(busy.until(SECS_5, |f| f.kind == GOAWAY).await.is_some());

@@ -1,0 +1,281 @@
+//! The typed configuration every component reads, and the problems a
+//! config can have (each with its key path).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::route::Action;
+
+/// One problem in a config, with the key path it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Every problem found in one config.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("invalid configuration ({} problem(s))", .0.len())]
+pub struct ConfigErrors(pub Vec<Problem>);
+
+impl ConfigErrors {
+    pub(super) fn one(key: &str, message: impl Into<String>) -> Self {
+        ConfigErrors(vec![Problem {
+            key: key.to_string(),
+            message: message.into(),
+        }])
+    }
+}
+
+#[derive(Default)]
+pub struct Problems(pub Vec<Problem>);
+
+impl Problems {
+    pub fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The config file (absolute); relative paths resolved against its folder.
+    pub source: PathBuf,
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub auth: AuthConfig,
+    pub secrets: SecretsConfig,
+    pub log: LogConfig,
+    pub audit: AuditConfig,
+    pub projects: Vec<ProjectConfig>,
+    pub teams: Vec<TeamConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// Data plane address. Defaults to `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Admin address (`/healthz`, `/readyz`, `/metrics`). Defaults to `127.0.0.1:9090`.
+    pub admin_listen: SocketAddr,
+    /// Defaults to 65536.
+    pub max_body_bytes: usize,
+    /// Whole header section; at least 8192. Defaults to 16384.
+    pub max_header_bytes: usize,
+    /// Defaults to 10 s.
+    pub header_read_timeout: Duration,
+    /// Defaults to 10 s.
+    pub body_read_timeout: Duration,
+    /// Defaults to 5 s.
+    pub shutdown_grace: Duration,
+    /// Defaults to 1024.
+    pub max_concurrent_requests: usize,
+    /// Defaults to 4096.
+    pub max_connections: usize,
+    /// Defaults to 64.
+    pub max_headers: usize,
+    /// An h2 connection with no open stream this long gets GOAWAY.
+    /// Defaults to 60 s.
+    pub h2_idle_timeout: Duration,
+    /// Streams an h2 client may reset per connection per 10 s; one more
+    /// gets GOAWAY ENHANCE_YOUR_CALM. Defaults to 200.
+    pub h2_max_reset_streams: usize,
+    /// Inbound TLS (and mTLS with a client CA) on the data plane.
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
+    /// When set, clients must present a certificate signed by this CA.
+    pub client_ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// `https://host[:port][/prefix]`, no query. Defaults to `https://api.batch.com`.
+    pub base_url: http::Uri,
+    /// Check and audit every request, send nothing. Defaults to false.
+    pub dry_run: bool,
+    pub ca_file: Option<PathBuf>,
+    /// Defaults to 2 s.
+    pub connect_timeout: Duration,
+    /// Bounds the whole upstream exchange. Defaults to 10 s.
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub audiences: Vec<String>,
+    /// Defaults to 30.
+    pub leeway_s: u64,
+    /// Defaults to 900.
+    pub max_token_lifetime_s: u64,
+    /// Defaults to `team`.
+    pub team_claim: String,
+    /// Single-use `jti`s remembered; when full, new single-use tokens are
+    /// refused. Defaults to 1 000 000.
+    pub replay_cache_size: u64,
+    pub issuers: Vec<IssuerConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct IssuerConfig {
+    pub issuer: String,
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    pub public_keys: Vec<PathBuf>,
+    pub jwks: Option<JwksConfig>,
+    /// When set, the token header's `typ` must equal it (case-insensitive).
+    pub typ: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct JwksConfig {
+    /// `https://` URL of the key set.
+    pub url: http::Uri,
+    /// Extra trust roots for the identity provider (PEM).
+    pub ca_file: Option<PathBuf>,
+    /// Defaults to 300 s.
+    pub refresh: Duration,
+    /// An unknown `kid` refetches at most this often. Defaults to 30 s.
+    pub min_refetch: Duration,
+    /// The last good set is used this long while the IdP is down. Defaults to 3600 s.
+    pub stale_max: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SecretsBackend {
+    File(PathBuf),
+    Vault(Box<VaultConfig>),
+}
+
+/// `[secrets.vault]`: KV v2 at `<kv_mount>/data/<secret_path>`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VaultConfig {
+    /// `https://host:port`.
+    pub address: http::Uri,
+    pub ca_file: Option<PathBuf>,
+    /// Defaults to `secret`.
+    pub kv_mount: String,
+    /// Sent as `X-Vault-Namespace`.
+    pub namespace: Option<String>,
+    pub auth: VaultAuth,
+    /// Bounds each Vault call. Defaults to 2000 ms.
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum VaultAuth {
+    /// From `token_file` (re-read when it changes), else `VAULT_TOKEN`.
+    Token { token_file: Option<PathBuf> },
+    Kubernetes {
+        role: String,
+        /// Defaults to the pod's service-account token.
+        jwt_file: PathBuf,
+        /// Defaults to `kubernetes`.
+        mount: String,
+    },
+    AppRole {
+        role_id: String,
+        secret_id_file: PathBuf,
+        /// Defaults to `approle`.
+        mount: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SecretsConfig {
+    pub backend: SecretsBackend,
+    /// Defaults to 300 s.
+    pub cache_ttl: Duration,
+    /// Defaults to 3600 s.
+    pub stale_if_error: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Defaults to `info`; `RUST_LOG` overrides.
+    pub level: String,
+    /// Defaults to JSON.
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditConfig {
+    pub file: PathBuf,
+    pub hmac_key_file: PathBuf,
+    /// Start a new file past this size. Defaults to 104857600 (100 MiB).
+    pub rotate_bytes: u64,
+    /// Rotated files whose newest record is older than this many days are
+    /// removed, with a `prune` record. Defaults to 0: never removed.
+    pub retention_days: u64,
+    /// The trail's size budget in bytes; past it, 503 `audit_unavailable`
+    /// and not ready, never a deletion. Defaults to 0: no budget.
+    pub max_total_bytes: u64,
+    /// Denials of requests without a verified token recorded one by one
+    /// per second; the rest are counted into one `summary` record per
+    /// second. Defaults to 20.
+    pub unauthenticated_records_per_s: u32,
+    /// Ed25519 PKCS#8 PEM: signed checkpoint records. Optional.
+    pub signing_key_file: Option<PathBuf>,
+    /// Defaults to 60 s.
+    pub checkpoint_interval: Duration,
+    /// Mirror each record on stdout. Defaults to false.
+    pub stdout: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProjectConfig {
+    pub alias: String,
+    pub secret_path: String,
+    /// Requests per second sent to Batch for this project (its key's
+    /// limit); more wait up to 1 s, then 429 `rate_limited`. Optional.
+    pub upstream_rate_per_s: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TeamConfig {
+    pub name: String,
+    pub grants: Vec<GrantConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GrantConfig {
+    pub project: String,
+    pub actions: Vec<Action>,
+    /// This grant's requests are checked and audited, never forwarded. Defaults to false.
+    pub dry_run: bool,
+    /// Tokens must carry `htm`, `htu`, `bh` and `jti`. Defaults to false.
+    pub require_bound_token: bool,
+    /// Every token needs a `jti`, accepted once. Defaults to false.
+    pub single_use_tokens: bool,
+    /// Token bucket per (team, project, action). Optional.
+    pub rate_per_minute: Option<u32>,
+    /// Requests per (team, project, action) and UTC day. Optional.
+    pub daily_quota: Option<u64>,
+}
+
+/// Algorithms an issuer may pin. HMAC algorithms and `none` are impossible by
+/// construction: public keys cannot verify them.
+pub const ALLOWED_ALGORITHMS: &[&str] = &[
+    "EdDSA", "ES256", "ES384", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+];
