@@ -9,9 +9,11 @@
 //! gateway builds its runtime state.
 
 pub mod defaults;
+mod issuer;
 mod raw;
 mod types;
 mod validate;
+mod vault;
 
 use std::path::{Path, PathBuf};
 
