@@ -11,9 +11,12 @@ use serde::Serialize;
 /// The `prev` of the first record of a chain.
 pub const ZERO_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
+    /// (The default only so that `Record` can derive `Default`;
+    /// [`Record::new`] always names the phase.)
+    #[default]
     Denied,
     Attempt,
     Outcome,
@@ -66,7 +69,7 @@ pub struct UpstreamOutcome {
 /// One audit record. `v`, `seq`, `ts` and `prev` are set by the writer.
 /// What every record of a request shares is reference-counted, so building
 /// a request's records copies no strings.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Record {
     pub v: u32,
     pub seq: u64,
@@ -169,41 +172,8 @@ impl Record {
     pub fn new(phase: Phase) -> Self {
         Record {
             v: 1,
-            seq: 0,
-            ts: String::new(),
-            request_id: None,
             phase,
-            decision: None,
-            reason: None,
-            detail: None,
-            unverified: None,
-            caller_request_id: None,
-            caller: None,
-            client_addr: None,
-            method: None,
-            path: None,
-            action: None,
-            project: None,
-            campaign_id: None,
-            key_fp: None,
-            upstream: None,
-            secret_source: None,
-            secret_version: None,
-            dry_run: None,
-            client_cert: None,
-            found: None,
-            head: None,
-            sig: None,
-            sig_format: None,
-            follows: None,
-            removed: None,
-            pruned_through: None,
-            count: None,
-            by_reason: None,
-            by_client_addr: None,
-            window_start: None,
-            window_end: None,
-            prev: String::new(),
+            ..Record::default()
         }
     }
 }
