@@ -20,9 +20,11 @@
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Sleep, sleep};
 
 /// What a `Content-Length` next to a `Transfer-Encoding` is renamed to
 /// (as long as "Content-Length", so no byte moves).
@@ -289,21 +291,62 @@ fn header_lines(head: &[u8]) -> impl Iterator<Item = (usize, &[u8], &[u8])> {
     })
 }
 
-/// A connection whose reads pass through a [`Tracker`].
+/// A bound on how long a write may wait: a client that stops reading
+/// (a zero TCP window) would otherwise hold its connection, and the
+/// connection slot, for as long as it likes. A write, vectored write or
+/// flush that makes no progress for `limit` fails with `TimedOut`, and the
+/// connection ends.
+pub struct WriteStall {
+    limit: Duration,
+    since: Option<Pin<Box<Sleep>>>,
+}
+
+impl WriteStall {
+    pub fn new(limit: Duration) -> Self {
+        WriteStall { limit, since: None }
+    }
+
+    /// Passes `polled` through, timing how long it has been `Pending`.
+    pub fn watch<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.since = None;
+            return polled;
+        }
+        let limit = self.limit;
+        let timer = self.since.get_or_insert_with(|| Box::pin(sleep(limit)));
+        if timer.as_mut().poll(cx).is_ready() {
+            self.since = None;
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client did not read the answer in time",
+            )));
+        }
+        Poll::Pending
+    }
+}
+
+/// A connection whose reads pass through a [`Tracker`] and whose writes
+/// may not stall longer than a [`WriteStall`] allows.
 pub struct Guarded<T> {
     inner: T,
     tracker: Tracker,
     out: BytesMut,
     eof: bool,
+    stall: WriteStall,
 }
 
 impl<T> Guarded<T> {
-    pub fn new(inner: T, max_head: usize) -> Self {
+    pub fn new(inner: T, max_head: usize, write_limit: Duration) -> Self {
         Guarded {
             inner,
             tracker: Tracker::new(max_head),
             out: BytesMut::new(),
             eof: false,
+            stall: WriteStall::new(write_limit),
         }
     }
 }
@@ -345,20 +388,28 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.stall.watch(cx, polled)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        this.stall.watch(cx, polled)
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.stall.watch(cx, polled)
     }
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.stall.watch(cx, polled)
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()

@@ -184,6 +184,7 @@ where
     let io = TokioIo::new(crate::framing::Guarded::new(
         stream,
         server.max_header_bytes,
+        server.body_read_timeout,
     ));
     let mut builder = http1::Builder::new();
     builder

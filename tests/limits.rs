@@ -315,3 +315,55 @@ async fn an_idle_connection_is_closed_after_the_header_read_timeout() {
     assert_eq!(parse_response(&buf).unwrap().status, 204);
     gw.stop().await;
 }
+
+/// A client that sends requests but never reads the answers cannot hold
+/// its connection (and a connection slot) for ever: once the gateway's
+/// write has waited `body_read_timeout_ms`, the connection ends and the
+/// slot serves the next client.
+#[tokio::test]
+async fn a_client_that_never_reads_loses_its_connection_slot() {
+    let w = World::new().await;
+    let gw = w
+        .start_with(|d| {
+            let s = table(d, "server");
+            s.insert("max_connections".into(), 1.into());
+            s.insert("body_read_timeout_ms".into(), 500.into());
+        })
+        .await;
+    // A tiny receive window, and far more pipelined requests than it and
+    // the gateway's send buffer hold: the gateway's writes block.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stuck = socket.connect(gw.addr).await.unwrap();
+    let one = format!("POST {DELETE} HTTP/1.1\r\nHost: g\r\nContent-Length: 0\r\n\r\n");
+    let many = one.repeat(40_000).into_bytes();
+    let writer = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let _ = stuck.write_all(&many).await;
+        // Held open, never read, until the test ends.
+        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        drop(stuck);
+    });
+    // While it holds the only slot, a new client is turned away; within a
+    // few seconds the stalled connection is cut and a delete gets through.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut served = None;
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(r)) = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            try_exchange(
+                gw.addr,
+                &delete_request(&w.token("growth"), "", &delete_body(&campaign_id())),
+            ),
+        )
+        .await
+        {
+            served = Some(r.status);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(served, Some(204), "the slot came back");
+    writer.abort();
+    gw.stop().await;
+}

@@ -46,6 +46,7 @@ use tokio::time::{Instant, Sleep, sleep};
 
 use crate::app::App;
 use crate::error::{GatewayError, Reject, rescue};
+use crate::framing::WriteStall;
 use crate::gateway::Peer;
 
 /// Streams in flight per connection.
@@ -70,6 +71,7 @@ where
     let io = FrameWatch::new(
         io,
         server.header_read_timeout,
+        server.body_read_timeout,
         Resets::new(server.h2_max_reset_streams, RESET_WINDOW),
         flood.clone(),
     );
@@ -522,11 +524,18 @@ pin_project_lite::pin_project! {
         header_timeout: Duration,
         deadline: Option<Pin<Box<Sleep>>>,
         flood: Arc<Flood>,
+        stall: WriteStall,
     }
 }
 
 impl<S> FrameWatch<S> {
-    fn new(io: S, header_timeout: Duration, resets: Resets, flood: Arc<Flood>) -> Self {
+    fn new(
+        io: S,
+        header_timeout: Duration,
+        write_limit: Duration,
+        resets: Resets,
+        flood: Arc<Flood>,
+    ) -> Self {
         FrameWatch {
             io,
             inbound: Inbound::default(),
@@ -534,6 +543,7 @@ impl<S> FrameWatch<S> {
             header_timeout,
             deadline: None,
             flood,
+            stall: WriteStall::new(write_limit),
         }
     }
 }
@@ -587,7 +597,9 @@ impl<S: AsyncWrite> AsyncWrite for FrameWatch<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.project().io.poll_write(cx, buf)
+        let this = self.project();
+        let polled = this.io.poll_write(cx, buf);
+        this.stall.watch(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -595,7 +607,9 @@ impl<S: AsyncWrite> AsyncWrite for FrameWatch<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.project().io.poll_write_vectored(cx, bufs)
+        let this = self.project();
+        let polled = this.io.poll_write_vectored(cx, bufs);
+        this.stall.watch(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -603,11 +617,15 @@ impl<S: AsyncWrite> AsyncWrite for FrameWatch<S> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_flush(cx)
+        let this = self.project();
+        let polled = this.io.poll_flush(cx);
+        this.stall.watch(cx, polled)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_shutdown(cx)
+        let this = self.project();
+        let polled = this.io.poll_shutdown(cx);
+        this.stall.watch(cx, polled)
     }
 }
 
