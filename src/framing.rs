@@ -291,23 +291,15 @@ fn header_lines(head: &[u8]) -> impl Iterator<Item = (usize, &[u8], &[u8])> {
     })
 }
 
-/// A bound on how long a write may wait: a client that stops reading
-/// (a zero TCP window) would otherwise hold its connection, and the
-/// connection slot, for as long as it likes. A write, vectored write or
-/// flush that makes no progress for `limit` fails with `TimedOut`, and the
-/// connection ends.
-pub struct WriteStall {
+/// How long a write has been waiting (see [`WriteBounded`]).
+struct WriteStall {
     limit: Duration,
     since: Option<Pin<Box<Sleep>>>,
 }
 
 impl WriteStall {
-    pub fn new(limit: Duration) -> Self {
-        WriteStall { limit, since: None }
-    }
-
     /// Passes `polled` through, timing how long it has been `Pending`.
-    pub fn watch<T>(
+    fn watch<T>(
         &mut self,
         cx: &mut Context<'_>,
         polled: Poll<io::Result<T>>,
@@ -329,24 +321,21 @@ impl WriteStall {
     }
 }
 
-/// A connection whose reads pass through a [`Tracker`] and whose writes
-/// may not stall longer than a [`WriteStall`] allows.
+/// A connection whose reads pass through a [`Tracker`].
 pub struct Guarded<T> {
     inner: T,
     tracker: Tracker,
     out: BytesMut,
     eof: bool,
-    stall: WriteStall,
 }
 
 impl<T> Guarded<T> {
-    pub fn new(inner: T, max_head: usize, write_limit: Duration) -> Self {
+    pub fn new(inner: T, max_head: usize) -> Self {
         Guarded {
             inner,
             tracker: Tracker::new(max_head),
             out: BytesMut::new(),
             eof: false,
-            stall: WriteStall::new(write_limit),
         }
     }
 }
@@ -388,18 +377,74 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// A socket whose writes may not stall: a client that stops reading (a
+/// zero TCP window) would otherwise hold its connection, and the
+/// connection slot, for as long as it likes. A write, vectored write,
+/// flush or shutdown that makes no progress for `limit` fails with
+/// `TimedOut`, and the connection ends. Wraps the accepted TCP socket,
+/// so it bounds TLS, HTTP/1.1 and h2 alike.
+pub struct WriteBounded<S> {
+    io: S,
+    stall: WriteStall,
+}
+
+impl<S> WriteBounded<S> {
+    pub fn new(io: S, limit: Duration) -> Self {
+        WriteBounded {
+            io,
+            stall: WriteStall { limit, since: None },
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WriteBounded<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WriteBounded<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
         this.stall.watch(cx, polled)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        let polled = Pin::new(&mut this.io).poll_flush(cx);
         this.stall.watch(cx, polled)
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_shutdown(cx);
+        let polled = Pin::new(&mut this.io).poll_shutdown(cx);
         this.stall.watch(cx, polled)
     }
     fn poll_write_vectored(
@@ -408,11 +453,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
         this.stall.watch(cx, polled)
     }
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.io.is_write_vectored()
     }
 }
 

@@ -130,6 +130,9 @@ async fn accept_loop(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        // A client that stops reading cannot keep the connection: every
+        // protocol on it writes through this bound.
+        let stream = crate::framing::WriteBounded::new(stream, app.server().body_read_timeout);
         let app = app.clone();
         let stop = stop.clone();
         // Each connection gets a watcher; the shutdown handle stays here so
@@ -184,7 +187,6 @@ where
     let io = TokioIo::new(crate::framing::Guarded::new(
         stream,
         server.max_header_bytes,
-        server.body_read_timeout,
     ));
     let mut builder = http1::Builder::new();
     builder

@@ -46,7 +46,6 @@ use tokio::time::{Instant, Sleep, sleep};
 
 use crate::app::App;
 use crate::error::{GatewayError, Reject, rescue};
-use crate::framing::WriteStall;
 use crate::gateway::Peer;
 
 /// Streams in flight per connection.
@@ -71,7 +70,6 @@ where
     let io = FrameWatch::new(
         io,
         server.header_read_timeout,
-        server.body_read_timeout,
         Resets::new(server.h2_max_reset_streams, RESET_WINDOW),
         flood.clone(),
     );
@@ -524,18 +522,11 @@ pin_project_lite::pin_project! {
         header_timeout: Duration,
         deadline: Option<Pin<Box<Sleep>>>,
         flood: Arc<Flood>,
-        stall: WriteStall,
     }
 }
 
 impl<S> FrameWatch<S> {
-    fn new(
-        io: S,
-        header_timeout: Duration,
-        write_limit: Duration,
-        resets: Resets,
-        flood: Arc<Flood>,
-    ) -> Self {
+    fn new(io: S, header_timeout: Duration, resets: Resets, flood: Arc<Flood>) -> Self {
         FrameWatch {
             io,
             inbound: Inbound::default(),
@@ -543,7 +534,6 @@ impl<S> FrameWatch<S> {
             header_timeout,
             deadline: None,
             flood,
-            stall: WriteStall::new(write_limit),
         }
     }
 }
@@ -597,9 +587,7 @@ impl<S: AsyncWrite> AsyncWrite for FrameWatch<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        let polled = this.io.poll_write(cx, buf);
-        this.stall.watch(cx, polled)
+        self.project().io.poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -607,9 +595,7 @@ impl<S: AsyncWrite> AsyncWrite for FrameWatch<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        let polled = this.io.poll_write_vectored(cx, bufs);
-        this.stall.watch(cx, polled)
+        self.project().io.poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -617,15 +603,11 @@ impl<S: AsyncWrite> AsyncWrite for FrameWatch<S> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.project();
-        let polled = this.io.poll_flush(cx);
-        this.stall.watch(cx, polled)
+        self.project().io.poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.project();
-        let polled = this.io.poll_shutdown(cx);
-        this.stall.watch(cx, polled)
+        self.project().io.poll_shutdown(cx)
     }
 }
 
