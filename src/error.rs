@@ -362,6 +362,30 @@ impl From<crate::forward::ForwardError> for GatewayError {
     }
 }
 
+/// The `replay_rejections` kind of a refusal (a spent `jti`, a full replay
+/// memory), read from what `From<ReplayError>` made of it.
+pub fn replay_rejection(kind: Reject, detail: Option<&str>) -> Option<&'static str> {
+    match (kind, detail) {
+        (Reject::TokenReplayed, _) => Some("replayed"),
+        (Reject::Overloaded, Some("replay_memory_full")) => Some("replay_memory_full"),
+        _ => None,
+    }
+}
+
+/// The `secret_failures` kind of a refusal, read from what
+/// `From<SourceError>` made of it.
+pub fn secret_failure(kind: Reject, detail: Option<&str>) -> Option<&'static str> {
+    if kind != Reject::SecretsUnavailable {
+        return None;
+    }
+    match detail? {
+        "secret_missing" => Some("missing"),
+        "secret_invalid" => Some("invalid"),
+        "backend_unavailable" => Some("unavailable"),
+        _ => None,
+    }
+}
+
 /// Renders `err` as the caller sees it.
 pub fn rescue(err: &GatewayError, request_id: Option<&str>) -> Response<Full<Bytes>> {
     let message = err
@@ -438,6 +462,41 @@ mod tests {
                 "{k:?}"
             );
         }
+    }
+
+    /// The metrics read the refusal the conversions made: every replay and
+    /// secret-source error is counted, under its own kind.
+    #[test]
+    fn every_replay_and_secret_error_is_counted_by_kind() {
+        use crate::replay::ReplayError;
+        use crate::secrets::SourceError;
+        let counted = |e: GatewayError| {
+            (
+                replay_rejection(e.kind, e.detail.as_deref()),
+                secret_failure(e.kind, e.detail.as_deref()),
+            )
+        };
+        assert_eq!(
+            counted(ReplayError::Replayed.into()),
+            (Some("replayed"), None)
+        );
+        assert_eq!(
+            counted(ReplayError::Full.into()),
+            (Some("replay_memory_full"), None)
+        );
+        assert_eq!(
+            counted(SourceError::NotFound.into()),
+            (None, Some("missing"))
+        );
+        assert_eq!(
+            counted(SourceError::Invalid("x").into()),
+            (None, Some("invalid"))
+        );
+        assert_eq!(
+            counted(SourceError::Unavailable("x".into()).into()),
+            (None, Some("unavailable"))
+        );
+        assert_eq!(counted(GatewayError::new(Reject::Overloaded)), (None, None));
     }
 
     #[test]

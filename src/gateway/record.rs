@@ -19,7 +19,7 @@ use super::request::{Peer, caller_request_id};
 use crate::app::App;
 use crate::audit::{Caller, Decision, Phase, Record, Unverified, UpstreamOutcome};
 use crate::common::names;
-use crate::error::{GatewayError, Reject, rescue};
+use crate::error::{GatewayError, Reject, replay_rejection, rescue, secret_failure};
 use crate::forward::Answer;
 use crate::metrics::{KindLabels, RequestLabels, status_class};
 use crate::secrets::ProjectSecret;
@@ -235,10 +235,8 @@ impl RequestRecord {
         started: Instant,
         resp: Response<Full<Bytes>>,
     ) -> Response<Full<Bytes>> {
-        let (reason, detail) = match &self.ended {
-            None => ("ok", None),
-            Some((kind, detail)) => (kind.reason(), detail.as_deref()),
-        };
+        let ended = self.ended.as_ref().map(|(k, d)| (*k, d.as_deref()));
+        let reason = ended.map_or("ok", |(k, _)| k.reason());
         app.metrics
             .requests
             .get_or_create(&RequestLabels {
@@ -258,42 +256,17 @@ impl RequestRecord {
         if let Some(d) = self.upstream_latency {
             app.metrics.upstream_duration.observe(d.as_secs_f64());
         }
-        if let Some(kind) = self
-            .ended
-            .as_ref()
-            .and_then(|(k, _)| replay_kind(*k, detail))
-        {
-            app.metrics
-                .replay_rejections
-                .get_or_create(&KindLabels { kind })
-                .inc();
-        }
-        if let Some(kind) = secret_kind(detail) {
-            app.metrics
-                .secret_failures
-                .get_or_create(&KindLabels { kind })
-                .inc();
+        if let Some((kind, detail)) = ended {
+            if let Some(kind) = replay_rejection(kind, detail) {
+                let labels = KindLabels { kind };
+                app.metrics.replay_rejections.get_or_create(&labels).inc();
+            }
+            if let Some(kind) = secret_failure(kind, detail) {
+                let labels = KindLabels { kind };
+                app.metrics.secret_failures.get_or_create(&labels).inc();
+            }
         }
         resp
-    }
-}
-
-/// Counted as a replay rejection: a spent `jti`, or a full replay memory.
-fn replay_kind(kind: Reject, detail: Option<&str>) -> Option<&'static str> {
-    match (kind, detail) {
-        (Reject::TokenReplayed, _) => Some("replayed"),
-        (Reject::Overloaded, Some("replay_memory_full")) => Some("replay_memory_full"),
-        _ => None,
-    }
-}
-
-/// Counted as a secret failure, by kind.
-fn secret_kind(detail: Option<&str>) -> Option<&'static str> {
-    match detail? {
-        "secret_missing" => Some("missing"),
-        "secret_invalid" => Some("invalid"),
-        "backend_unavailable" => Some("unavailable"),
-        _ => None,
     }
 }
 
