@@ -364,7 +364,15 @@ async fn shutdown_sends_goaway_and_finishes_streams_in_flight() {
     let end = busy
         .until(SECS_5, |f| f.stream == 1 && f.flags & END_STREAM != 0)
         .await;
-    assert!(end.is_some(), "the stream in flight is answered");
+    assert!(
+        end.is_some(),
+        "the stream in flight is answered; GOAWAY {:?}, frames {:?}",
+        busy.goaway(),
+        busy.seen
+            .iter()
+            .map(|f| (f.kind, f.flags, f.stream))
+            .collect::<Vec<_>>()
+    );
     assert!(idle.closed_within(Duration::from_secs(10)).await);
     assert!(busy.closed_within(Duration::from_secs(10)).await);
     tokio::time::timeout(Duration::from_secs(10), stopping)

@@ -121,7 +121,12 @@ where
             Some(_) = streams.join_next(), if !streams.is_empty() => {
                 if streams.is_empty() && !going_away {
                     if stopping {
-                        close_now(&mut conn, Reason::NO_ERROR, close_by.as_mut(), &mut going_away);
+                        // The last answers may still sit in h2's send
+                        // queue (an abrupt GOAWAY now would drop them):
+                        // h2 writes them, and closes once the client
+                        // answers its PING; a client that never does has
+                        // CLOSE_TIME.
+                        close_by.as_mut().reset(Instant::now() + CLOSE_TIME);
                     } else {
                         idle.as_mut().reset(Instant::now() + server.h2_idle_timeout);
                     }
