@@ -74,7 +74,7 @@ async fn readyz(app: &App) -> Response<Full<Bytes>> {
     // other issuers' callers still work.
     let issuers: BTreeMap<_, _> = state.authn.key_set_states().into_iter().collect();
     let ready = audit_ok && any_secret;
-    let body = json!({
+    let mut body = json!({
         "ready": ready,
         "checks": {
             "config": "ok",
@@ -84,6 +84,14 @@ async fn readyz(app: &App) -> Response<Full<Bytes>> {
             "issuers": issuers,
         }
     });
+    // A degraded shared state leaves the pod ready: every replica turning
+    // not-ready at once would make a cache outage a delete outage. It is
+    // named at the top and among the checks.
+    if let Some(store) = app.limits.store() {
+        let shared = if store.healthy() { "ok" } else { "degraded" };
+        body["shared_state"] = shared.into();
+        body["checks"]["shared_state"] = shared.into();
+    }
     let mut r = text(
         if ready {
             StatusCode::OK

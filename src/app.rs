@@ -31,6 +31,8 @@ pub enum BuildError {
     Signer(String),
     #[error("server.tls: {0}")]
     Tls(String),
+    #[error(transparent)]
+    Shared(#[from] crate::shared::SharedBuildError),
 }
 
 /// What a reload swaps atomically. A request takes one snapshot when it
@@ -124,9 +126,31 @@ impl App {
                 signer,
                 checkpoint_interval: config.audit.checkpoint_interval,
                 stdout: config.audit.stdout,
+                replica: Some(config.audit.replica.as_str().into()),
                 ..audit::Options::default()
             },
         );
+        let limits = match &config.shared_state {
+            None => limits::Limits::new(),
+            Some(shared) => {
+                let leeway = i64::try_from(config.auth.leeway_s).unwrap_or(i64::MAX);
+                let trail = crate::shared::Trail {
+                    live: config.audit.file.clone(),
+                    window_s: i64::try_from(config.auth.max_token_lifetime_s)
+                        .unwrap_or(i64::MAX)
+                        .saturating_add(leeway.saturating_mul(2)),
+                    leeway_s: leeway,
+                };
+                let store = crate::shared::SharedState::new(
+                    shared,
+                    &config.audit.replica,
+                    trail,
+                    metrics.clone(),
+                )?;
+                store.start().await;
+                limits::Limits::shared(store, shared.fallback_replicas)
+            }
+        };
         let inflight = Arc::new(Semaphore::new(config.server.max_concurrent_requests));
         let server = config.server.clone();
         let state = State::build(config).await?;
@@ -140,7 +164,7 @@ impl App {
             metrics,
             inflight,
             replay,
-            limits: limits::Limits::new(),
+            limits,
         });
         for p in &app.state().config.projects {
             if let Err(e) = app.secrets.get(&p.secret_path).await {
@@ -164,7 +188,8 @@ impl App {
     /// issuers and keys, limits and the upstream settings atomically;
     /// requests in flight finish under the config they started with. On any
     /// problem the running config stays. TLS certificate files are re-read
-    /// too. `[server]` (but TLS files), `[secrets]`, `[audit]` and
+    /// too. `[server]` (but TLS files), `[secrets]`, `[audit]`,
+    /// `[shared_state]` and
     /// `auth.replay_cache_size` need a restart: a change there is logged.
     pub async fn reload(&self) -> Result<(), Vec<config::Problem>> {
         let source = self.state().config.source.clone();
@@ -196,6 +221,10 @@ impl App {
             ("server", old.config.server != fresh.server),
             ("secrets", old.config.secrets != fresh.secrets),
             ("audit", old.config.audit != fresh.audit),
+            (
+                "shared_state",
+                old.config.shared_state != fresh.shared_state,
+            ),
             (
                 "auth.replay_cache_size",
                 old.config.auth.replay_cache_size != fresh.auth.replay_cache_size,

@@ -24,7 +24,7 @@ mod sched;
 pub mod verify;
 mod writer;
 
-pub use file::{check_writable, rotated_files};
+pub use file::{check_writable, newest_first, rotated_files};
 pub use keys::{HmacKey, HmacKeyError, Signer};
 pub use record::{
     Caller, Decision, Phase, PrunedThrough, Record, Unverified, UpstreamOutcome, ZERO_HASH,

@@ -11,6 +11,7 @@
 pub mod defaults;
 mod issuer;
 mod raw;
+mod shared;
 mod types;
 mod validate;
 mod vault;
@@ -69,6 +70,13 @@ impl Config {
         }
         if let Some(t) = &self.server.tls {
             out.push(("server.tls.key_file".into(), &t.key_file));
+        }
+        if let Some(f) = self
+            .shared_state
+            .as_ref()
+            .and_then(|s| s.password_file.as_ref())
+        {
+            out.push(("shared_state.password_file".into(), f));
         }
         match &self.secrets.backend {
             SecretsBackend::File(f) => out.push(("secrets.file".into(), f)),

@@ -40,6 +40,8 @@ pub enum Reject {
     UpstreamCooldown,
     /// Batch said 503 moments ago.
     UpstreamCooldownUnavailable,
+    /// A single-use token while the shared state cannot be reached.
+    SharedStateUnavailable,
     /// A bug: the request task failed. Nothing is forwarded after this.
     Internal,
 }
@@ -70,6 +72,7 @@ impl Reject {
         Reject::QuotaExceeded,
         Reject::UpstreamCooldown,
         Reject::UpstreamCooldownUnavailable,
+        Reject::SharedStateUnavailable,
         Reject::Internal,
     ];
 
@@ -98,6 +101,7 @@ impl Reject {
             Reject::RateLimited => "rate_limited",
             Reject::QuotaExceeded => "quota_exceeded",
             Reject::UpstreamCooldown | Reject::UpstreamCooldownUnavailable => "upstream_cooldown",
+            Reject::SharedStateUnavailable => "shared_state_unavailable",
             Reject::Internal => "internal_error",
         }
     }
@@ -127,7 +131,9 @@ impl Reject {
             Reject::RateLimited | Reject::QuotaExceeded | Reject::UpstreamCooldown => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            Reject::UpstreamCooldownUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Reject::UpstreamCooldownUnavailable | Reject::SharedStateUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -151,7 +157,7 @@ impl Reject {
             Reject::SecretsUnavailable | Reject::AuditUnavailable | Reject::Overloaded => "2",
             Reject::UpstreamUnreachable | Reject::UpstreamTimeout | Reject::Internal => "0",
             Reject::RateLimited | Reject::QuotaExceeded | Reject::UpstreamCooldown => "60",
-            Reject::UpstreamCooldownUnavailable => "2",
+            Reject::UpstreamCooldownUnavailable | Reject::SharedStateUnavailable => "2",
         }
     }
 
@@ -210,6 +216,9 @@ impl Reject {
             }
             Reject::UpstreamCooldownUnavailable => {
                 "Batch is in maintenance (503) for this project; nothing was sent; wait Retry-After seconds"
+            }
+            Reject::SharedStateUnavailable => {
+                "single-use tokens cannot be checked across the gateway's replicas right now; nothing was sent; retry after Retry-After seconds with the same or a fresh token"
             }
         }
     }
@@ -333,6 +342,12 @@ impl From<crate::limits::Limited> for GatewayError {
             } => GatewayError::new(Reject::QuotaExceeded)
                 .detail(detail)
                 .retry_after(retry_after_s),
+            Limited::Replayed => GatewayError::new(Reject::TokenReplayed).detail("replayed"),
+            Limited::SharedUnavailable { retry_after_s } => {
+                GatewayError::new(Reject::SharedStateUnavailable)
+                    .detail("single_use_needs_shared_state")
+                    .retry_after(retry_after_s)
+            }
         }
     }
 }
@@ -432,7 +447,8 @@ pub fn rescue(err: &GatewayError, request_id: Option<&str>) -> Response<Full<Byt
         | Reject::RateLimited
         | Reject::QuotaExceeded
         | Reject::UpstreamCooldown
-        | Reject::UpstreamCooldownUnavailable => {
+        | Reject::UpstreamCooldownUnavailable
+        | Reject::SharedStateUnavailable => {
             let secs = err.retry_after_s.unwrap_or(5);
             h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }

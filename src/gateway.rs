@@ -181,21 +181,27 @@ async fn pipeline(
         &body,
     )?; // 5
     let reservation = single_use(app, state, rec, principal, &permit)?;
-    app.limits.cooldown(permit.project())?;
-    let mut quota = app.limits.check(permit.limits(), crate::common::now_s())?;
-    app.limits
-        .pace(permit.project(), permit.upstream_rate_per_s())
-        .await?;
+    let ask = crate::limits::Ask {
+        project: permit.project(),
+        grants: permit.limits(),
+        pace_per_s: permit.upstream_rate_per_s(),
+        jti: reservation
+            .as_ref()
+            .map(|(_, jti, until)| (principal.iss.as_str(), *jti, *until)),
+        request_id: &rec.request_id,
+    };
+    let mut admission = app.limits.admit(&ask, crate::common::now_s()).await?;
+    rec.limits = admission.decided_by;
     let (secret, freshness) = app.secrets.get(permit.secret_path()).await?; // 6
     rec.secret(app, &secret);
     rec.dry_run = state.config.upstream.dry_run || permit.dry_run();
     rec.attempt(app, freshness.as_str(), secret.version).await?; // 7
     // The attempt is durable: the jti and the quota unit are spent,
     // whatever happens next.
-    if let Some(held) = reservation {
+    if let Some((held, _, _)) = reservation {
         held.spend();
     }
-    quota.spent = true;
+    admission.spend();
     if rec.dry_run {
         rec.outcome(app, None).await; // 9, answered as Batch would
         return Ok(rec.answer(dry_run_answer()));
@@ -208,7 +214,7 @@ async fn pipeline(
     let answer = Box::pin(sent).await;
     rec.upstream_latency = Some(answer.as_ref().map_or_else(|e| e.latency(), |a| a.latency));
     let answer = answer?; // 8
-    cool_down_when_asked(app, &permit, &answer);
+    cool_down_when_asked(app, &permit, &answer).await;
     rec.outcome(app, Some(&answer)).await; // 9
     Ok(rec.answer(answer.into_response()))
 }
@@ -220,9 +226,9 @@ fn single_use<'a>(
     app: &'a App,
     state: &State,
     rec: &mut RequestRecord,
-    principal: &Principal,
+    principal: &'a Principal,
     permit: &Permit,
-) -> Result<Option<Reservation<'a>>, GatewayError> {
+) -> Result<Option<(Reservation<'a>, &'a str, i64)>, GatewayError> {
     if !principal.binding.is_bound() && !permit.single_use_tokens() {
         return Ok(None);
     }
@@ -232,15 +238,14 @@ fn single_use<'a>(
             .message("a single-use token must carry a jti claim")
     })?;
     let leeway = i64::try_from(state.config.auth.leeway_s).unwrap_or(i64::MAX);
-    let held = app
-        .replay
-        .hold(&principal.iss, jti, principal.exp.saturating_add(leeway))?;
+    let until = principal.exp.saturating_add(leeway);
+    let held = app.replay.hold(&principal.iss, jti, until)?;
     rec.single_use(principal.exp);
-    Ok(Some(held))
+    Ok(Some((held, jti, until)))
 }
 
 /// Batch said 429 or 503: the project cools down (`limits`).
-fn cool_down_when_asked(app: &App, permit: &Permit, answer: &crate::forward::Answer) {
+async fn cool_down_when_asked(app: &App, permit: &Permit, answer: &crate::forward::Answer) {
     let retry_after = answer
         .headers
         .get(header::RETRY_AFTER)
@@ -248,7 +253,8 @@ fn cool_down_when_asked(app: &App, permit: &Permit, answer: &crate::forward::Ans
     let status = answer.status.as_u16();
     if let Some(d) = app
         .limits
-        .start_cooldown(permit.project(), status, retry_after)
+        .cool_down(permit.project(), status, retry_after)
+        .await
     {
         app.metrics
             .cooldowns

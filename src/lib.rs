@@ -28,6 +28,7 @@ pub mod preflight;
 pub mod replay;
 pub mod route;
 pub mod secrets;
+pub mod shared;
 pub mod tls;
 
 pub use app::App;

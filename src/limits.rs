@@ -13,14 +13,23 @@
 //!
 //! State outlives config reloads: counters are keyed by names, and the
 //! limits themselves are read from the config each request runs under.
-//! All of it is per replica.
+//!
+//! Without `[shared_state]` all of it is per replica. With it,
+//! [`Limits::admit`] asks the store ([`crate::shared`]) in one round trip,
+//! the single-use `jti` included; while the store cannot answer, a
+//! single-use token is refused (fail closed) and rates, quotas and the
+//! pace are this replica's share (`limit / fallback_replicas`), counted
+//! locally with every unit this replica spent today. The replica's own
+//! cool-downs are always honoured too.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
+use crate::shared::{self, SharedState, Verdict};
 
 /// Batch asks for at least 5 s after a 429.
 const MIN_COOLDOWN: Duration = Duration::from_secs(5);
@@ -43,6 +52,12 @@ pub enum Limited {
     QuotaExceeded {
         retry_after_s: u64,
         detail: String,
+    },
+    /// The store says this single-use `jti` was spent (on any replica).
+    Replayed,
+    /// A single-use token while the store cannot be asked.
+    SharedUnavailable {
+        retry_after_s: u64,
     },
 }
 
@@ -80,6 +95,45 @@ pub struct Limits {
     buckets: Mutex<HashMap<String, Bucket>>,
     quotas: Mutex<HashMap<String, Day>>,
     pacers: Mutex<HashMap<String, (u32, std::sync::Arc<DefaultDirectRateLimiter>)>>,
+    shared: Option<Arc<SharedState>>,
+    /// The share divisor while the store is unavailable.
+    fallback_replicas: u32,
+}
+
+/// What one request asks of this step.
+pub struct Ask<'a> {
+    pub project: &'a str,
+    pub grants: &'a [GrantLimit],
+    pub pace_per_s: Option<u32>,
+    /// A single-use token: (iss, jti, held until in unix seconds). Its
+    /// local reservation was taken already (`replay`).
+    pub jti: Option<(&'a str, &'a str, i64)>,
+    pub request_id: &'a str,
+}
+
+/// A request's admission: the quota units it took (and, with the shared
+/// state, its jti there), given back on drop unless [`Admission::spend`]
+/// said the request got as far as its durable attempt record.
+pub struct Admission<'a> {
+    quota: QuotaTaken<'a>,
+    shared: Option<(Arc<SharedState>, shared::Refund)>,
+    /// `shared` or `local` when `[shared_state]` is set.
+    pub decided_by: Option<&'static str>,
+}
+
+impl Admission<'_> {
+    pub fn spend(&mut self) {
+        self.quota.spent = true;
+        self.shared = None;
+    }
+}
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        if let Some((store, refund)) = self.shared.take() {
+            store.refund(refund);
+        }
+    }
 }
 
 /// Units of daily quota taken by a request; given back on drop unless the
@@ -120,6 +174,141 @@ fn ceil_secs(d: Duration) -> u64 {
 impl Limits {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Limits shared through `store`, `fallback_replicas` dividing them
+    /// while it is unavailable.
+    pub fn shared(store: Arc<SharedState>, fallback_replicas: u32) -> Self {
+        Limits {
+            shared: Some(store),
+            fallback_replicas: fallback_replicas.max(1),
+            ..Self::default()
+        }
+    }
+
+    pub fn store(&self) -> Option<&Arc<SharedState>> {
+        self.shared.as_ref()
+    }
+
+    /// Cool-down, rates, quotas and the pace (and, with the shared state,
+    /// the single-use `jti`): the request may go on, or why not.
+    pub async fn admit<'a>(&'a self, ask: &Ask<'_>, now_s: i64) -> Result<Admission<'a>, Limited> {
+        self.cooldown(ask.project)?;
+        let Some(store) = &self.shared else {
+            let quota = self.check(ask.grants, now_s, 1, true)?;
+            self.pace(ask.project, ask.pace_per_s).await?;
+            return Ok(Admission {
+                quota,
+                shared: None,
+                decided_by: None,
+            });
+        };
+        let rates: Vec<_> = ask
+            .grants
+            .iter()
+            .filter_map(|g| {
+                g.rate_per_minute
+                    .map(|r| (g.team.as_str(), g.action, r.max(1)))
+            })
+            .collect();
+        let quotas: Vec<_> = ask
+            .grants
+            .iter()
+            .filter_map(|g| g.daily_quota.map(|q| (g.team.as_str(), g.action, q)))
+            .collect();
+        let shared_ask = shared::Ask {
+            project: ask.project,
+            rates,
+            quotas,
+            pace_per_s: ask.pace_per_s.filter(|p| *p > 0),
+            jti: ask.jti,
+            request_id: ask.request_id,
+        };
+        let secs = |d: Duration| ceil_secs(d).max(1);
+        match store.admit(&shared_ask).await {
+            Ok(Verdict::Admitted { wait, refund }) => {
+                // This replica's own count too: its share while the store
+                // is unavailable includes what it spent before.
+                let quota = self.check(ask.grants, now_s, 1, false)?;
+                let admission = Admission {
+                    quota,
+                    shared: Some((store.clone(), refund)),
+                    decided_by: Some("shared"),
+                };
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait.min(MAX_PACING_WAIT)).await;
+                }
+                Ok(admission)
+            }
+            Ok(Verdict::Cooldown {
+                retry_after,
+                unavailable,
+            }) => Err(Limited::Cooldown {
+                retry_after_s: secs(retry_after),
+                unavailable,
+            }),
+            Ok(Verdict::Replayed) => Err(Limited::Replayed),
+            Ok(Verdict::Rate { index, retry_after }) => {
+                let (team, _, per_minute) =
+                    shared_ask.rates.get(index).copied().unwrap_or_default();
+                Err(Limited::RateLimited {
+                    retry_after_s: secs(retry_after),
+                    detail: format!(
+                        "rate_per_minute {per_minute} for team {team} on {}",
+                        ask.project
+                    ),
+                })
+            }
+            Ok(Verdict::Quota { index, retry_after }) => {
+                let (team, _, quota) = shared_ask.quotas.get(index).copied().unwrap_or_default();
+                Err(Limited::QuotaExceeded {
+                    retry_after_s: secs(retry_after),
+                    detail: format!("daily_quota {quota} for team {team} on {}", ask.project),
+                })
+            }
+            Ok(Verdict::Pace { retry_after }) => Err(Limited::RateLimited {
+                retry_after_s: secs(retry_after),
+                detail: format!(
+                    "upstream_rate_per_s {} for project {}",
+                    ask.pace_per_s.unwrap_or(0),
+                    ask.project
+                ),
+            }),
+            Err(shared::Unavailable) if ask.jti.is_some() => {
+                store.count_fallback("single_use");
+                Err(Limited::SharedUnavailable {
+                    retry_after_s: ceil_secs(shared::breaker::PROBE_EVERY).max(1),
+                })
+            }
+            Err(shared::Unavailable) => {
+                store.count_fallback("local");
+                let n = self.fallback_replicas;
+                let quota = self.check(ask.grants, now_s, n, true)?;
+                self.pace(ask.project, ask.pace_per_s.map(|p| (p / n).max(1)))
+                    .await?;
+                Ok(Admission {
+                    quota,
+                    shared: None,
+                    decided_by: Some("local"),
+                })
+            }
+        }
+    }
+
+    /// Batch said 429/503: this replica cools the project down, and with
+    /// the shared state every replica does (awaited, bounded by the
+    /// store's timeout, so that the next request anywhere sees it).
+    pub async fn cool_down(
+        &self,
+        project: &str,
+        status: u16,
+        retry_after: Option<&str>,
+    ) -> Option<Duration> {
+        let d = self.start_cooldown(project, status, retry_after)?;
+        if let Some(store) = &self.shared {
+            store.extend_cooldown(project, d, status == 503).await;
+        }
+        Some(d)
     }
 
     /// Is `project` cooling down after Batch's 429/503?
@@ -166,16 +355,22 @@ impl Limits {
         Some(d)
     }
 
-    /// Rate limits, then quotas, of every grant that allows the request.
+    /// Rate limits, then quotas, of every grant that allows the request,
+    /// each divided by `share`. Without `enforce` nothing is checked: the
+    /// quota units are only counted (the store decided).
     pub fn check<'a>(
         &'a self,
         grants: &[GrantLimit],
         now_s: i64,
+        share: u32,
+        enforce: bool,
     ) -> Result<QuotaTaken<'a>, Limited> {
+        let share = share.max(1);
         for g in grants {
-            let Some(per_minute) = g.rate_per_minute else {
+            let Some(per_minute) = g.rate_per_minute.filter(|_| enforce) else {
                 continue;
             };
+            let per_minute = (per_minute / share).max(1);
             let Ok(mut buckets) = self.buckets.lock() else {
                 continue;
             };
@@ -213,7 +408,7 @@ impl Limits {
                 if d.day != day {
                     *d = Day { day, used: 0 };
                 }
-                if d.used >= quota {
+                if enforce && d.used >= quota / u64::from(share) {
                     // Units already taken by this request go back on drop.
                     return Err(Limited::QuotaExceeded {
                         retry_after_s: left,
@@ -317,14 +512,17 @@ mod tests {
     fn the_rate_limit_is_a_bucket_per_team_project_and_action() {
         let l = Limits::new();
         let g = [grant(Some(2), None)];
-        assert!(l.check(&g, 0).is_ok());
-        assert!(l.check(&g, 0).is_ok());
-        assert!(matches!(l.check(&g, 0), Err(Limited::RateLimited { .. })));
+        assert!(l.check(&g, 0, 1, true).is_ok());
+        assert!(l.check(&g, 0, 1, true).is_ok());
+        assert!(matches!(
+            l.check(&g, 0, 1, true),
+            Err(Limited::RateLimited { .. })
+        ));
         let other = [GrantLimit {
             team: "ops".into(),
             ..grant(Some(2), None)
         }];
-        assert!(l.check(&other, 0).is_ok());
+        assert!(l.check(&other, 0, 1, true).is_ok());
     }
 
     #[test]
@@ -332,18 +530,18 @@ mod tests {
         let l = Limits::new();
         let g = [grant(None, Some(2))];
         let day1 = 86_400 * 20_000 + 100;
-        let mut a = l.check(&g, day1).unwrap();
+        let mut a = l.check(&g, day1, 1, true).unwrap();
         a.spent = true;
         drop(a);
         // Not forwarded: the unit comes back.
-        drop(l.check(&g, day1).unwrap());
-        let mut b = l.check(&g, day1).unwrap();
+        drop(l.check(&g, day1, 1, true).unwrap());
+        let mut b = l.check(&g, day1, 1, true).unwrap();
         b.spent = true;
         drop(b);
-        match l.check(&g, day1) {
+        match l.check(&g, day1, 1, true) {
             Err(Limited::QuotaExceeded { retry_after_s, .. }) => assert_eq!(retry_after_s, 86_300),
             other => panic!("{:?}", other.map(|_| ())),
         }
-        assert!(l.check(&g, day1 + 86_400).is_ok());
+        assert!(l.check(&g, day1 + 86_400, 1, true).is_ok());
     }
 }

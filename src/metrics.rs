@@ -63,6 +63,10 @@ pub struct Metrics {
     pub vault_renewals: Counter,
     pub secret_cache: Family<KindLabels, Counter>,
     pub secret_refreshed: Family<SecretPathLabels, Gauge>,
+    pub shared_calls: Family<VaultLabels, Counter>,
+    pub shared_breaker_open: Gauge,
+    pub shared_fallbacks: Family<KindLabels, Counter>,
+    pub shared_reseeds: Counter,
 }
 
 fn buckets() -> impl Iterator<Item = f64> {
@@ -151,6 +155,30 @@ impl Metrics {
             "Cool-downs started by Batch's 429 or 503, per project",
             cooldowns.clone(),
         );
+        let shared_calls = Family::<VaultLabels, Counter>::default();
+        registry.register(
+            "shared_state_calls",
+            "Calls to the shared state (Redis), by operation and result (ok, error, timeout, open: refused by the open breaker)",
+            shared_calls.clone(),
+        );
+        let shared_breaker_open = Gauge::default();
+        registry.register(
+            "shared_state_breaker_open",
+            "1 while the shared-state circuit breaker is open (calls are not tried; limits are decided locally)",
+            shared_breaker_open.clone(),
+        );
+        let shared_fallbacks = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "shared_state_fallbacks",
+            "Requests decided without the shared state: limits by the replica's share (local), single-use tokens refused (single_use)",
+            shared_fallbacks.clone(),
+        );
+        let shared_reseeds = Counter::default();
+        registry.register(
+            "shared_state_reseeds",
+            "Times this replica re-published its spent jtis and today's counts to a store that came back empty",
+            shared_reseeds.clone(),
+        );
         let reloads = Family::<KindLabels, Counter>::default();
         registry.register(
             "config_reloads",
@@ -207,6 +235,10 @@ impl Metrics {
             vault_renewals,
             secret_cache,
             secret_refreshed,
+            shared_calls,
+            shared_breaker_open,
+            shared_fallbacks,
+            shared_reseeds,
         }
     }
 

@@ -66,6 +66,18 @@ pub fn check_files(cfg: &Config) -> Vec<Problem> {
             }
         }
     }
+    if let Some(shared) = &cfg.shared_state {
+        if let Some(ca) = &shared.ca_file
+            && let Err(e) = tls::load_ca_file(ca)
+        {
+            p.add("shared_state.ca_file", e.to_string());
+        }
+        if let Some(f) = &shared.password_file
+            && let Err(e) = crate::keyfile::read_secret(f)
+        {
+            p.add("shared_state.password_file", e.to_string());
+        }
+    }
     if let Err(e) = audit::HmacKey::load(&cfg.audit.hmac_key_file) {
         p.add("audit.hmac_key_file", e.to_string());
     }

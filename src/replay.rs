@@ -136,59 +136,38 @@ impl ReplayCache {
     pub fn rebuild_from_audit(&self, live: &Path, max_lifetime_s: i64, leeway_s: i64) -> u64 {
         let now = crate::common::now_s();
         let window = max_lifetime_s.saturating_add(leeway_s.saturating_mul(2));
-        let mut files = crate::audit::rotated_files(live);
-        files.push(live.to_path_buf());
         let mut restored = 0;
-        'files: for file in files.iter().rev() {
-            let Ok(mut lines) = crate::audit::lines::Backwards::open(file) else {
-                continue;
+        // Older records hold no token still alive.
+        crate::audit::newest_first(live, now.saturating_sub(window), |ts, line| {
+            // Cheap filter first: most records are not single-use attempts.
+            if !contains(line, b"\"single_use\":true") {
+                return true;
+            }
+            let Ok(rec) = serde_json::from_slice::<serde_json::Value>(line) else {
+                return true;
             };
-            while let Ok(Some(line)) = lines.next_line() {
-                let Some(ts) = line_ts(&line) else { continue };
-                if ts.saturating_add(window) < now {
-                    // Older records hold no token still alive.
-                    break 'files;
-                }
-                // Cheap filter first: most records are not single-use attempts.
-                if !contains(&line, b"\"single_use\":true") {
-                    continue;
-                }
-                let Ok(rec) = serde_json::from_slice::<serde_json::Value>(&line) else {
-                    continue;
+            if rec.get("phase").and_then(|p| p.as_str()) != Some("attempt") {
+                return true;
+            }
+            let caller = rec.get("caller");
+            let iss = caller.and_then(|c| c.get("iss")).and_then(|v| v.as_str());
+            let jti = caller.and_then(|c| c.get("jti")).and_then(|v| v.as_str());
+            let exp = caller.and_then(|c| c.get("exp")).and_then(|v| v.as_i64());
+            if let (Some(iss), Some(jti)) = (iss, jti) {
+                let until = match exp {
+                    Some(exp) => exp.saturating_add(leeway_s),
+                    None => ts.saturating_add(window),
                 };
-                if rec.get("phase").and_then(|p| p.as_str()) != Some("attempt") {
-                    continue;
-                }
-                let caller = rec.get("caller");
-                let iss = caller.and_then(|c| c.get("iss")).and_then(|v| v.as_str());
-                let jti = caller.and_then(|c| c.get("jti")).and_then(|v| v.as_str());
-                let exp = caller.and_then(|c| c.get("exp")).and_then(|v| v.as_i64());
-                if let (Some(iss), Some(jti)) = (iss, jti) {
-                    let until = match exp {
-                        Some(exp) => exp.saturating_add(leeway_s),
-                        None => ts.saturating_add(window),
-                    };
-                    let k = key(iss, jti);
-                    if until > now && !self.spent.contains_key(&k) {
-                        self.insert(k, until);
-                        restored += 1;
-                    }
+                let k = key(iss, jti);
+                if until > now && !self.spent.contains_key(&k) {
+                    self.insert(k, until);
+                    restored += 1;
                 }
             }
-        }
+            true
+        });
         restored
     }
-}
-
-/// A record's `ts` as unix seconds, read from the line without parsing
-/// the whole record (`"ts":"…"` is near its start).
-fn line_ts(line: &[u8]) -> Option<i64> {
-    let at = memchr::memmem::find(line, b"\"ts\":\"")? + 6;
-    let end = at + memchr::memchr(b'"', line.get(at..)?)?;
-    let ts = std::str::from_utf8(line.get(at..end)?).ok()?;
-    time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339)
-        .ok()
-        .map(|t| t.unix_timestamp())
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {

@@ -12,16 +12,6 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use support::*;
 
-fn grant_of(d: &mut toml::Table, team: usize) -> &mut toml::Table {
-    let teams = d.get_mut("teams").unwrap().as_array_mut().unwrap();
-    let grants = teams[team]
-        .get_mut("grants")
-        .unwrap()
-        .as_array_mut()
-        .unwrap();
-    grants[0].as_table_mut().unwrap()
-}
-
 #[tokio::test]
 async fn a_429_storm_reaches_batch_once_and_other_projects_keep_working() {
     let w = World::new().await;

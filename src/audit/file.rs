@@ -226,3 +226,24 @@ pub fn read_tail(file: &mut File) -> std::io::Result<Tail> {
         torn,
     })
 }
+/// Every line of the trail at `live` with its record's `ts` (unix
+/// seconds), newest first: the live file, then the rotated files newest
+/// first, each read backwards. Stops at the first record older than
+/// `since` (older records are never read) or when `f` says `false`.
+pub fn newest_first(live: &Path, since: i64, mut f: impl FnMut(i64, &[u8]) -> bool) {
+    let mut files = rotated_files(live);
+    files.push(live.to_path_buf());
+    for file in files.iter().rev() {
+        let Ok(mut lines) = super::lines::Backwards::open(file) else {
+            continue;
+        };
+        while let Ok(Some(line)) = lines.next_line() {
+            let Some(ts) = super::lines::line_ts(&line) else {
+                continue;
+            };
+            if ts < since || !f(ts, &line) {
+                return;
+            }
+        }
+    }
+}

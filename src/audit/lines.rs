@@ -174,6 +174,17 @@ impl Backwards {
     }
 }
 
+/// A record's `ts` as unix seconds, read from the line without parsing
+/// the whole record (`"ts":"…"` is near its start).
+pub fn line_ts(line: &[u8]) -> Option<i64> {
+    let at = memchr::memmem::find(line, b"\"ts\":\"")? + 6;
+    let end = at + memchr::memchr(b'"', line.get(at..)?)?;
+    let ts = std::str::from_utf8(line.get(at..end)?).ok()?;
+    time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| t.unix_timestamp())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -114,6 +114,14 @@ pub struct Record {
     /// The mTLS client certificate's subject.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_cert: Option<Arc<str>>,
+    /// Which limits decided an attempt when `[shared_state]` is set:
+    /// `shared` (the fleet's, in the store) or `local` (this replica's
+    /// share while the store was unavailable).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits: Option<&'static str>,
+    /// The replica that wrote the record (set by the writer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica: Option<Arc<str>>,
     /// On `repair` records: what was found and sealed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub found: Option<serde_json::Value>,

@@ -82,6 +82,8 @@ pub struct Options {
     pub checkpoint_interval: Duration,
     /// Mirror each record on stdout.
     pub stdout: bool,
+    /// Written into every record as `replica`.
+    pub replica: Option<Arc<str>>,
     /// Most durable records one `fsync` answers for; 1 gives one fsync per
     /// durable record (for the benchmark that compares the two).
     pub max_batch: usize,
@@ -113,6 +115,7 @@ impl Default for Options {
             signer: None,
             checkpoint_interval: Duration::from_secs(60),
             stdout: false,
+            replica: None,
             max_batch: 4096,
             crash_after: None,
         }
@@ -714,6 +717,7 @@ impl Writer {
         rec.seq = self.seq + 1;
         rec.ts = now_rfc3339();
         rec.prev = std::mem::take(&mut self.prev);
+        rec.replica.clone_from(&self.opts.replica);
         if rec.phase == Phase::Checkpoint
             && let Some(signer) = &self.opts.signer
         {

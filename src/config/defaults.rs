@@ -27,3 +27,7 @@ pub const LOG_LEVEL: &str = "info";
 pub const ROTATE_BYTES: u64 = 104_857_600;
 pub const CHECKPOINT_INTERVAL_S: u64 = 60;
 pub const UNAUTHENTICATED_RECORDS_PER_S: u32 = 20;
+pub const SHARED_KEY_PREFIX: &str = "bgw:";
+pub const SHARED_TIMEOUT_MS: u64 = 25;
+pub const FALLBACK_REPLICAS: u64 = 2;
+pub const REPLICA_ENV: &str = "BATCH_GATEWAY_REPLICA";

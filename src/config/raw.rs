@@ -14,6 +14,7 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) log: RawLog,
     pub(super) audit: Option<RawAudit>,
+    pub(super) shared_state: Option<RawSharedState>,
     #[serde(default)]
     pub(super) projects: Vec<RawProject>,
     #[serde(default)]
@@ -122,6 +123,21 @@ pub(super) struct RawAudit {
     pub(super) signing_key_file: Option<String>,
     pub(super) checkpoint_interval_s: Option<u64>,
     pub(super) stdout: Option<bool>,
+    pub(super) replica: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct RawSharedState {
+    pub(super) backend: Option<String>,
+    pub(super) url: Option<String>,
+    pub(super) sentinel_urls: Option<Vec<String>>,
+    pub(super) sentinel_master: Option<String>,
+    pub(super) ca_file: Option<String>,
+    pub(super) username: Option<String>,
+    pub(super) password_file: Option<String>,
+    pub(super) key_prefix: Option<String>,
+    pub(super) timeout_ms: Option<u64>,
+    pub(super) fallback_replicas: Option<u64>,
 }
 
 #[derive(Deserialize)]

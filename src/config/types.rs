@@ -58,6 +58,8 @@ pub struct Config {
     pub secrets: SecretsConfig,
     pub log: LogConfig,
     pub audit: AuditConfig,
+    /// `[shared_state]`: absent, every limit is per replica.
+    pub shared_state: Option<SharedStateConfig>,
     pub projects: Vec<ProjectConfig>,
     pub teams: Vec<TeamConfig>,
 }
@@ -241,6 +243,39 @@ pub struct AuditConfig {
     pub checkpoint_interval: Duration,
     /// Mirror each record on stdout. Defaults to false.
     pub stdout: bool,
+    /// Recorded in every record as `replica`. Defaults to the
+    /// `BATCH_GATEWAY_REPLICA` environment variable, else the host name.
+    pub replica: String,
+}
+
+/// Where the shared state lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// `redis://host:port[/db]` or `rediss://` (TLS).
+    Url(String),
+    /// Redis Sentinel: the master named `master`, found through `urls`.
+    Sentinel { urls: Vec<String>, master: String },
+}
+
+/// `[shared_state]` (backend `redis`): the limits and single-use `jti`s
+/// every replica shares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedStateConfig {
+    pub target: RedisTarget,
+    /// Trust roots (PEM) for `rediss://`.
+    pub ca_file: Option<PathBuf>,
+    /// The ACL user.
+    pub username: Option<String>,
+    /// The ACL user's password, read from this file (one trailing newline
+    /// stripped).
+    pub password_file: Option<PathBuf>,
+    /// Every key starts with it. Defaults to `bgw:`.
+    pub key_prefix: String,
+    /// Bounds every call. Defaults to 25 ms.
+    pub timeout: Duration,
+    /// While the store is unavailable each replica allows this share of
+    /// every rate and quota. Defaults to 2 (the chart's replica count).
+    pub fallback_replicas: u32,
 }
 
 #[derive(Debug, Clone)]

@@ -34,6 +34,9 @@ pub(super) fn validate(
     let secrets = secrets(raw.secrets, &resolve, p);
     let log = log(raw.log, p);
     let audit = audit(raw.audit, &resolve, p);
+    let shared_state = raw
+        .shared_state
+        .map(|s| super::shared::validate_shared_state(s, &resolve, p));
     let (projects, aliases) = projects(raw.projects, p);
     let teams = teams(raw.teams, &aliases, p);
     Some(Config {
@@ -44,6 +47,10 @@ pub(super) fn validate(
         secrets: secrets?,
         log,
         audit: audit?,
+        shared_state: match shared_state {
+            Some(s) => Some(s?),
+            None => None,
+        },
         projects,
         teams,
     })
@@ -368,6 +375,7 @@ fn audit(
                     "must be 0 (no budget) or at least twice rotate_bytes",
                 );
             }
+            let replica = super::shared::replica(a.replica, p);
             if a.file.is_none() {
                 p.add("audit.file", "required");
             }
@@ -387,6 +395,7 @@ fn audit(
                     signing_key_file: a.signing_key_file.as_deref().map(resolve),
                     checkpoint_interval: Duration::from_secs(checkpoint_interval_s),
                     stdout: a.stdout.unwrap_or(false),
+                    replica,
                 }),
                 _ => None,
             }

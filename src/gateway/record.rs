@@ -36,6 +36,9 @@ const RECORDED_TEAMS: usize = 32;
 #[derive(Debug, Default)]
 pub struct RequestRecord {
     pub request_id: Arc<str>,
+    /// Which limits decided the request (`shared`/`local`), with
+    /// `[shared_state]`: written on the attempt.
+    pub limits: Option<&'static str>,
     caller_request_id: Option<Arc<str>>,
     client_addr: Arc<str>,
     /// The peer's address without its port: what summaries count by.
@@ -145,6 +148,7 @@ impl RequestRecord {
         attempt.reason = Some("ok".into());
         attempt.secret_source = Some(source);
         attempt.secret_version = version;
+        attempt.limits = self.limits;
         let writing = Instant::now();
         let written = app.audit.append(attempt, true).await;
         app.metrics

@@ -4,6 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod h2raw;
+pub mod redis;
 pub mod tls;
 pub mod vault;
 
@@ -698,6 +699,18 @@ actions = ["campaigns.delete"]
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
     }
+}
+
+/// `team`'s first grant in the default config (0 growth → marketing-prod,
+/// 1 ops → marketing-prod, 2 support → sales-prod).
+pub fn grant_of(d: &mut toml::Table, team: usize) -> &mut toml::Table {
+    let teams = d.get_mut("teams").unwrap().as_array_mut().unwrap();
+    let grants = teams[team]
+        .get_mut("grants")
+        .unwrap()
+        .as_array_mut()
+        .unwrap();
+    grants[0].as_table_mut().unwrap()
 }
 
 /// A table inside a config document (`["upstream"]`, `["server"]`…).
