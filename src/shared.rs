@@ -35,7 +35,7 @@ const SEED_CHUNK: usize = 200;
 const PROBE_EVERY: Duration = breaker::PROBE_EVERY;
 /// How long after a new epoch appears before replicas trust it: each live
 /// replica notices within [`PROBE_EVERY`] and re-seeds meanwhile.
-const SETTLE_MS: i64 = 3000;
+const SETTLE_MS: i64 = 2000;
 /// Longest `jti` written into a key as it is; longer ones are hashed.
 const MAX_KEY_JTI: usize = 128;
 
@@ -296,8 +296,22 @@ impl SharedState {
     /// [`PROBE_EVERY`] in the background (one round trip): a store that
     /// came back empty is noticed without a request, and recovery needs no
     /// restart. The task ends with the last `Arc`.
+    ///
+    /// A store reachable but with an epoch too new to trust (a fresh
+    /// store, or one that just lost its data) is waited for here, at most
+    /// the settle time, so that a fleet started on an empty store serves
+    /// single-use tokens from its first request; a store that is down is
+    /// not waited for.
     pub async fn start(self: &Arc<Self>) {
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.sync()).await;
+        let most = Duration::from_millis(SETTLE_MS.unsigned_abs()) + PROBE_EVERY;
+        let started = tokio::time::Instant::now();
+        loop {
+            let _ = tokio::time::timeout(most, self.sync()).await;
+            if self.healthy() || self.breaker.is_open() || started.elapsed() > most {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let weak: Weak<SharedState> = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
@@ -470,6 +484,14 @@ impl SharedState {
         if self.syncing.swap(true, Ordering::SeqCst) {
             return;
         }
+        // Cleared however this ends, a timeout that drops it included.
+        struct Syncing<'a>(&'a AtomicBool);
+        impl Drop for Syncing<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::SeqCst);
+            }
+        }
+        let _syncing = Syncing(&self.syncing);
         let marker = self.key(&format!("seeded:{}", self.replica));
         let mut inv = self.scripts.epoch.prepare_invoke();
         inv.key(self.key("epoch"))
@@ -504,7 +526,6 @@ impl SharedState {
                 }
             }
         }
-        self.syncing.store(false, Ordering::SeqCst);
     }
 
     fn forget_epoch(&self) {

@@ -53,8 +53,10 @@ async fn a_single_use_token_raced_at_every_replica_is_forwarded_exactly_once() {
     let w = World::new().await;
     let redis = Redis::start(w.dir.path());
     let fleet = replicas(&w, 3, fleet_config(redis.url(), 100));
+    // A fleet started on an empty store trusts it from its first request:
+    // each replica waited out the new epoch's settle time before serving.
     for r in &fleet {
-        r.wait_shared_state("ok", Duration::from_secs(5));
+        assert_eq!(r.readyz().1["shared_state"], "ok", "{}", r.name);
     }
     for round in 0..10 {
         let token = single_use_token(&w);
@@ -164,10 +166,23 @@ async fn a_429_at_one_replica_makes_the_others_answer_upstream_cooldown_at_once(
     let retry: u64 = other.header("retry-after").unwrap().parse().unwrap();
     assert!((25..=30).contains(&retry), "Retry-After {retry}");
     assert_eq!(w.batch().count(), 1);
-    // Another project is not cooling down.
+    // Another project is not cooling down. ops has no limit there and
+    // the token is not single-use: the request pays the cool-down check
+    // and nothing more.
+    let admits =
+        fleet[1].metric("batch_gateway_shared_state_calls_total{op=\"admit\",result=\"ok\"}");
     let sales = delete_at_project(&fleet[1], &token, "sales-prod").await;
     assert_eq!(sales.status, 429, "still forced");
     assert_eq!(w.batch().count(), 2);
+    assert_eq!(
+        fleet[1].metric("batch_gateway_shared_state_calls_total{op=\"admit\",result=\"ok\"}"),
+        admits
+    );
+    assert!(
+        fleet[1]
+            .metric("batch_gateway_shared_state_calls_total{op=\"cooldown_check\",result=\"ok\"}")
+            >= 1.0
+    );
 }
 
 async fn delete_at_project(r: &Replica, token: &str, project: &str) -> Resp {
@@ -429,4 +444,146 @@ async fn over_tls_with_an_acl_user_limited_to_the_prefix() {
     w.write("tls/other-ca.pem", &other.pem);
     let wrong = Replica::start(&w, "gw-wrong-ca", tls_user(redis.url(), "tls/other-ca.pem"));
     assert_degraded(&w, std::slice::from_ref(&wrong)).await;
+}
+
+/// The store's scripts, driven directly: a refund releases a jti only for
+/// the request holding it, and a cool-down is extended, never shortened.
+#[tokio::test]
+async fn a_refund_releases_only_its_own_jti_and_a_cool_down_is_never_shortened() {
+    use batch_gateway::config::{RedisTarget, SharedStateConfig};
+    use batch_gateway::shared::{Ask, SharedState, Trail, Verdict};
+    let w = World::without_batch();
+    let redis = Redis::start(w.dir.path());
+    let cfg = SharedStateConfig {
+        target: RedisTarget::Url(redis.url()),
+        ca_file: None,
+        username: None,
+        password_file: None,
+        key_prefix: "t:".into(),
+        timeout: Duration::from_millis(500),
+        fallback_replicas: 2,
+    };
+    let trail = Trail {
+        live: w.path("audit/audit.jsonl"),
+        window_s: 960,
+        leeway_s: 30,
+    };
+    let metrics = std::sync::Arc::new(batch_gateway::metrics::Metrics::new());
+    let store = SharedState::new(&cfg, "gw-0", trail, metrics).unwrap();
+    store.start().await;
+    let started = Instant::now();
+    while !store.healthy() {
+        assert!(started.elapsed() < Duration::from_secs(10), "never trusted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let until = now() + 600;
+    let ask = |rid: &'static str| Ask {
+        project: "p",
+        rates: vec![],
+        quotas: vec![("growth", "campaigns.delete", 5)],
+        pace_per_s: None,
+        jti: Some(("iss", "j-1", until)),
+        request_id: rid,
+    };
+    let Ok(Verdict::Admitted { refund, .. }) = store.admit(&ask("r-1")).await else {
+        panic!("not admitted");
+    };
+    assert!(matches!(
+        store.admit(&ask("r-2")).await,
+        Ok(Verdict::Replayed)
+    ));
+    let jti_key = redis
+        .keys()
+        .into_iter()
+        .find(|k| k.starts_with("t:jti:"))
+        .unwrap();
+    let quota_key = "t:{p:p}:quota:growth:campaigns.delete";
+    // Another request holds the jti by now: this refund must not free it,
+    // but it gives its quota unit back.
+    redis.cmd(&["SET", &jti_key, "r-other"]);
+    store.refund(refund);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(redis.get(&jti_key).as_deref(), Some("r-other"));
+    let used = redis.get(quota_key).unwrap();
+    assert!(used.ends_with(":0"), "{used}");
+    // Its own holder's refund does free it.
+    redis.cmd(&["DEL", &jti_key]);
+    let Ok(Verdict::Admitted { refund, .. }) = store.admit(&ask("r-3")).await else {
+        panic!("not admitted");
+    };
+    store.refund(refund);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(redis.keys().iter().all(|k| !k.starts_with("t:jti:")));
+    // Every key expires by itself (the epoch and the seeded marker aside).
+    assert!(matches!(
+        store.admit(&ask("r-4")).await,
+        Ok(Verdict::Admitted { .. })
+    ));
+    for k in redis.keys() {
+        let ttl = redis.pttl(&k);
+        assert!(ttl > 0 || k == "t:epoch", "{k} never expires ({ttl})");
+    }
+    // A 30 s cool-down is not shortened by a later 1 s one.
+    store
+        .extend_cooldown("p", Duration::from_secs(30), false)
+        .await;
+    store
+        .extend_cooldown("p", Duration::from_secs(1), true)
+        .await;
+    let free = Ask {
+        quotas: vec![],
+        jti: None,
+        ..ask("r-5")
+    };
+    match store.admit(&free).await {
+        Ok(Verdict::Cooldown {
+            retry_after,
+            unavailable,
+        }) => {
+            assert!(retry_after > Duration::from_secs(28), "{retry_after:?}");
+            assert!(!unavailable, "still the 429's cool-down");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// `upstream_rate_per_s` paces the fleet, not each replica: at 1 a second,
+/// of four requests at once across two replicas, one goes now, one waits
+/// its slot (at most 1 s), two are refused.
+#[tokio::test]
+async fn the_upstream_pace_is_the_fleets() {
+    let w = World::new().await;
+    let redis = Redis::start(w.dir.path());
+    let url = redis.url();
+    let fleet = replicas(&w, 2, move |d| {
+        fleet_config(url.clone(), 100)(d);
+        let projects = d.get_mut("projects").unwrap().as_array_mut().unwrap();
+        projects[1]
+            .as_table_mut()
+            .unwrap()
+            .insert("upstream_rate_per_s".into(), 1.into());
+    });
+    wait_recovered(&fleet);
+    let token = w.token("support");
+    let sends = (0..4)
+        .map(|i| {
+            let addr = fleet[i % 2].addr;
+            let raw = delete_request(&token, "", &delete_body(&campaign_id()));
+            tokio::spawn(async move { raw_exchange(addr, &raw).await })
+        })
+        .collect::<Vec<_>>();
+    let mut statuses = vec![];
+    for s in sends {
+        let resp = s.await.unwrap();
+        if resp.status != 204 {
+            resp.assert_gateway_error(429, "rate_limited", "60");
+        }
+        statuses.push(resp.status);
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 204).count(),
+        2,
+        "{statuses:?}"
+    );
+    assert_eq!(w.batch().count(), 2);
 }

@@ -388,3 +388,102 @@ fn audit_keys_have_documented_defaults_and_bounds() {
         assert!(p.iter().any(|s| s.starts_with(key)), "{key}: {p:?}");
     }
 }
+
+#[test]
+fn shared_state_is_absent_by_default_and_gets_its_documented_defaults() {
+    assert_eq!(parse("").unwrap().shared_state, None);
+    let c = parse("[shared_state]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:6379\"").unwrap();
+    let s = c.shared_state.unwrap();
+    assert_eq!(s.target, RedisTarget::Url("redis://127.0.0.1:6379".into()));
+    assert_eq!(s.key_prefix, "bgw:");
+    assert_eq!(s.timeout, Duration::from_millis(25));
+    assert_eq!(s.fallback_replicas, 2);
+    let c = parse(
+        "[shared_state]\nbackend = \"redis\"\nsentinel_urls = [\"rediss://s0:26379\", \"rediss://s1:26379\"]\n\
+         sentinel_master = \"bgw\"\nca_file = \"redis-ca.pem\"\nusername = \"gw\"\npassword_file = \"pw\"\n\
+         key_prefix = \"bgw:prod:\"\ntimeout_ms = 40\nfallback_replicas = 6",
+    )
+    .unwrap();
+    let s = c.shared_state.clone().unwrap();
+    assert!(
+        matches!(s.target, RedisTarget::Sentinel { ref urls, ref master } if urls.len() == 2 && master == "bgw")
+    );
+    assert_eq!(
+        s.ca_file.as_deref(),
+        Some(Path::new("/etc/bgw/redis-ca.pem"))
+    );
+    assert_eq!(s.password_file.as_deref(), Some(Path::new("/etc/bgw/pw")));
+    assert_eq!(
+        (s.timeout, s.fallback_replicas),
+        (Duration::from_millis(40), 6)
+    );
+    assert!(
+        c.key_files()
+            .iter()
+            .any(|(k, _)| k == "shared_state.password_file"),
+        "the password file is a key file (its mode is checked)"
+    );
+}
+
+#[test]
+fn shared_state_problems_are_each_named() {
+    let base = "[shared_state]\nbackend = \"redis\"\n";
+    for (extra, key) in [
+        ("url = \"http://r:6379\"", "shared_state.url"),
+        ("url = \"redis://:hunter2@r:6379\"", "shared_state.url"),
+        ("url = \"redis://admin@r:6379\"", "shared_state.url"),
+        ("", "shared_state.url"),
+        (
+            "url = \"redis://r\"\nsentinel_urls = [\"redis://s\"]\nsentinel_master = \"m\"",
+            "shared_state.url",
+        ),
+        (
+            "sentinel_urls = [\"redis://s\"]",
+            "shared_state.sentinel_master",
+        ),
+        ("sentinel_master = \"m\"", "shared_state.sentinel_urls"),
+        (
+            "url = \"redis://r\"\nca_file = \"ca.pem\"",
+            "shared_state.ca_file",
+        ),
+        (
+            "url = \"redis://r\"\nusername = \"u\"",
+            "shared_state.password_file",
+        ),
+        (
+            "url = \"redis://r\"\nkey_prefix = \"a b\"",
+            "shared_state.key_prefix",
+        ),
+        (
+            "url = \"redis://r\"\ntimeout_ms = 0",
+            "shared_state.timeout_ms",
+        ),
+        (
+            "url = \"redis://r\"\nfallback_replicas = 0",
+            "shared_state.fallback_replicas",
+        ),
+        ("url = \"redis://r\"\nport = 1", "shared_state.port"),
+    ] {
+        let p = problems(&format!("{base}{extra}"));
+        assert!(p.iter().any(|s| s.starts_with(key)), "{extra:?}: {p:?}");
+        assert!(
+            !p.iter().any(|s| s.contains("hunter2")),
+            "the password is not repeated"
+        );
+    }
+    let p = problems("[shared_state]\nbackend = \"memcached\"\nurl = \"redis://r\"");
+    assert!(
+        p.iter().any(|s| s.starts_with("shared_state.backend")),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn the_replica_name_comes_from_the_config_else_the_environment_else_the_host() {
+    let c = parse("[audit]\nreplica = \"gw-7\"").unwrap();
+    assert_eq!(c.audit.replica, "gw-7");
+    // Whatever the host is called, a name is recorded.
+    assert!(!parse("").unwrap().audit.replica.is_empty());
+    let p = problems("[audit]\nreplica = \"gw 7\\n\"");
+    assert!(p.iter().any(|s| s.starts_with("audit.replica")), "{p:?}");
+}

@@ -97,6 +97,14 @@ impl Breaker {
         }
     }
 
+    /// Calls are not being tried (open, or one probe in flight).
+    pub fn is_open(&self) -> bool {
+        self.state
+            .lock()
+            .map(|s| !matches!(*s, State::Closed { .. }))
+            .unwrap_or(true)
+    }
+
     /// The last call succeeded (closed, no failure since).
     pub fn is_clean(&self) -> bool {
         self.state
@@ -120,6 +128,7 @@ mod tests {
         assert!(b.allow(), "two failures in a row leave it closed");
         assert_eq!(b.failure(), Change::Opened);
         assert!(!b.allow(), "open: calls are not tried");
+        assert!(b.is_open());
         std::thread::sleep(PROBE_EVERY + Duration::from_millis(20));
         assert!(b.allow(), "the probe");
         assert!(!b.allow(), "only one probe at a time");

@@ -157,6 +157,15 @@ impl Redis {
         cmd.query(&mut c).unwrap()
     }
 
+    pub fn get(&self, key: &str) -> Option<String> {
+        redis::from_redis_value(self.cmd(&["GET", key])).ok()
+    }
+
+    /// Milliseconds `key` has left (-1: no expiry, -2: no such key).
+    pub fn pttl(&self, key: &str) -> i64 {
+        redis::from_redis_value(self.cmd(&["PTTL", key])).unwrap()
+    }
+
     /// Every key, sorted.
     pub fn keys(&self) -> Vec<String> {
         let mut k: Vec<String> =
