@@ -277,7 +277,41 @@ fn audit_verify(a: &VerifyArgs) -> ExitCode {
         public_key,
         expect_head: a.expect_head.clone(),
     };
-    let result = verify::collect_files(&a.paths).and_then(|f| verify::verify(&f, &opts));
+    let chains = match crate::audit::chains::collect_chains(&a.paths) {
+        Ok(c) => c,
+        Err(b) => {
+            say!("FAILED: {b}");
+            return ExitCode::from(1);
+        }
+    };
+    if chains.len() > 1 && opts.expect_head.is_some() {
+        eprintln!(
+            "audit verify: --expect-head names one chain's head; give one replica's folder at a time"
+        );
+        return ExitCode::from(2);
+    }
+    // Each chain on its own, each reported on its own line(s).
+    let mut failed = false;
+    for chain in &chains {
+        let label = chain
+            .name
+            .as_deref()
+            .map(|n| format!("{}: ", crate::common::escape_controls(n)))
+            .unwrap_or_default();
+        failed |= !verify_one(&label, &chain.files, &opts);
+    }
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Verifies one chain and says so, every line after the first indented
+/// under the chain's `label` (empty for a single chain). False when
+/// broken.
+fn verify_one(label: &str, files: &[std::path::PathBuf], opts: &verify::VerifyOptions) -> bool {
+    let result = verify::verify(files, opts);
     match result {
         Ok(v) => {
             let range = match (v.first_seq, v.last_seq) {
@@ -285,7 +319,7 @@ fn audit_verify(a: &VerifyArgs) -> ExitCode {
                 _ => String::new(),
             };
             say!(
-                "ok: {} records in {} file(s){range}; head {}",
+                "ok: {label}{} records in {} file(s){range}; head {}",
                 v.records,
                 v.files,
                 v.head
@@ -336,11 +370,11 @@ fn audit_verify(a: &VerifyArgs) -> ExitCode {
                     crate::common::escape_controls(reason)
                 );
             }
-            ExitCode::SUCCESS
+            true
         }
         Err(b) => {
-            say!("FAILED: {b}");
-            ExitCode::from(1)
+            say!("FAILED: {label}{b}");
+            false
         }
     }
 }
@@ -351,7 +385,8 @@ fn audit_report(a: ReportArgs) -> ExitCode {
         until: a.until,
         ..verify::Filter::default()
     };
-    match verify::collect_files(&a.paths).and_then(|f| crate::audit::report::build(&f, &filter)) {
+    let chains = crate::audit::chains::collect_chains(&a.paths);
+    match chains.and_then(|c| crate::audit::report::build(&c, &filter)) {
         Ok(r) => {
             if a.format == "json" {
                 say!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
@@ -380,7 +415,8 @@ fn audit_query(a: QueryArgs) -> ExitCode {
         since: a.since,
         until: a.until,
     };
-    let rows = match verify::collect_files(&a.paths).and_then(|f| verify::query(&f, &filter)) {
+    let chains = crate::audit::chains::collect_chains(&a.paths);
+    let rows = match chains.and_then(|c| crate::audit::chains::query(&c, &filter)) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("audit query: {e}");

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::chains::{self, Chain};
 use super::verify::{self, Broken, Filter, VerifyOptions};
 
 #[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
@@ -43,8 +44,13 @@ pub struct Report {
     pub summarized_denials: u64,
     /// `prune` records: files removed by retention, accounted for.
     pub prunes: u64,
-    /// The chain check over every file given: "ok …" or the first break.
+    /// The chain check over every file given: "ok …" or the first break
+    /// (with several chains, each by name).
     pub chain: String,
+    /// Requests by the replica that recorded them, when the records come
+    /// from more than one.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_replica: BTreeMap<String, Counts>,
 }
 
 fn s(v: &Value, path: &[&str]) -> Option<String> {
@@ -72,9 +78,10 @@ fn top(m: BTreeMap<String, u64>, n: usize) -> Vec<(String, u64)> {
     v
 }
 
-/// Summarises the records of `files` within `filter`'s period.
-pub fn build(files: &[PathBuf], filter: &Filter) -> Result<Report, Broken> {
-    let rows = verify::query(files, filter)?;
+/// Summarises the records of `chains` within `filter`'s period (several
+/// chains merged by `ts`).
+pub fn build(chains: &[Chain], filter: &Filter) -> Result<Report, Broken> {
+    let rows = chains::query(chains, filter)?;
     let mut r = Report::default();
     let mut reasons = BTreeMap::new();
     let mut callers = BTreeMap::new();
@@ -124,6 +131,11 @@ pub fn build(files: &[PathBuf], filter: &Filter) -> Result<Report, Broken> {
             if deny { c.deny += 1 } else { c.allow += 1 }
         };
         bump(&mut r.requests);
+        bump(
+            r.by_replica
+                .entry(s(rec, &["replica"]).unwrap_or_else(|| "-".into()))
+                .or_default(),
+        );
         let team = s(rec, &["caller", "team"]).unwrap_or_else(|| "(unauthenticated)".into());
         bump(r.by_team.entry(team).or_default());
         bump(
@@ -153,11 +165,27 @@ pub fn build(files: &[PathBuf], filter: &Filter) -> Result<Report, Broken> {
     }
     r.denial_reasons = top(reasons, 10);
     r.most_denied_callers = top(callers, 10);
+    if r.by_replica.len() < 2 {
+        r.by_replica.clear();
+    }
+    r.chain = chains
+        .iter()
+        .map(|c| match &c.name {
+            Some(name) => format!("{name}: {}", chain_state(&c.files)),
+            None => chain_state(&c.files),
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    Ok(r)
+}
+
+/// One chain's check, as the report states it.
+fn chain_state(files: &[PathBuf]) -> String {
     let opts = VerifyOptions {
         allow_pruned_start: true,
         ..VerifyOptions::default()
     };
-    r.chain = match verify::verify(files, &opts) {
+    match verify::verify(files, &opts) {
         Ok(v) if v.pruned_start && v.pruned_by_retention => format!(
             "ok from seq {} (older records removed by retention, accounted for by a prune record) to {}",
             v.first_seq.unwrap_or(0),
@@ -170,8 +198,7 @@ pub fn build(files: &[PathBuf], filter: &Filter) -> Result<Report, Broken> {
         ),
         Ok(v) => format!("ok, {} records", v.records),
         Err(b) => format!("BROKEN at {b}"),
-    };
-    Ok(r)
+    }
 }
 
 impl Report {
@@ -192,10 +219,15 @@ impl Report {
             ),
         );
         for (title, m) in [
+            ("replica", &self.by_replica),
             ("team", &self.by_team),
             ("project", &self.by_project),
             ("action", &self.by_action),
         ] {
+            if m.is_empty() && title == "replica" {
+                // One replica's records: nothing to split.
+                continue;
+            }
             line(&mut o, format!("\nby {title}:"));
             for (k, c) in m {
                 line(

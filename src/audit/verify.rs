@@ -497,8 +497,13 @@ pub fn query(files: &[PathBuf], filter: &Filter) -> Result<Vec<(String, Value)>,
 }
 
 /// A fixed-width table of the columns a reviewer reads first.
+/// Records of several replicas (merged chains) get a REPLICA column.
 pub fn table(rows: &[(String, Value)]) -> String {
-    let cols: &[(&str, &[&str])] = &[
+    let replicas: std::collections::BTreeSet<_> = rows
+        .iter()
+        .filter_map(|(_, v)| v.get("replica")?.as_str())
+        .collect();
+    let mut cols: Vec<(&str, &[&str])> = vec![
         ("SEQ", &["seq"]),
         ("TS", &["ts"]),
         ("PHASE", &["phase"]),
@@ -511,6 +516,9 @@ pub fn table(rows: &[(String, Value)]) -> String {
         ("STATUS", &["upstream", "status"]),
         ("REQUEST_ID", &["request_id"]),
     ];
+    if replicas.len() > 1 {
+        cols.insert(2, ("REPLICA", &["replica"]));
+    }
     let cell = |v: &Value, path: &[&str]| -> String {
         let mut cur = v;
         for p in path {
