@@ -1,14 +1,25 @@
 #!/usr/bin/env python3
 """Chart checks for CI: lint every ci/*-values.yaml scenario with real Helm
 (the helm-sdkpy package bundles Helm's library), validate each scenario's
-gateway config with `batch-gateway check-config --skip-files`, require a
-`# --` comment on every value, and keep README.md's values table in step.
+rendered gateway config with `batch-gateway check-config --skip-files`,
+check that every ci/refused/*-values.yaml scenario is refused with its
+message, require a `# --` comment on every value, and keep README.md's
+values table in step.
+
+helm-sdkpy has no `helm template`, and Helm's lint mode logs a template's
+`fail` instead of failing. Both are read from that log: the chart's own
+refusals, and the rendered config, which a probe template added to the
+scenario's temporary copy of the chart hands out through `fail`. A
+scenario file says what it expects in `# expect-config: TEXT` lines (the
+rendered config contains TEXT) or `# expect-failure: TEXT` (rendering is
+refused with a message containing TEXT).
 
     python3 helm/check_chart.py --binary target/debug/batch-gateway [--write-readme]
 """
 import argparse
 import asyncio
 import copy
+import json
 import os
 import re
 import shutil
@@ -70,6 +81,41 @@ def documented_values(text):
     return rows
 
 
+PROBE_MARK = "RENDERED-CONFIG:"
+PROBE = '{{- fail (printf "%s%s" "' + PROBE_MARK + '" (include "batch-gateway.config" .)) -}}\n'
+LINT = (
+    "import asyncio, json, sys, helm_sdkpy\n"
+    "r = asyncio.run(helm_sdkpy.Lint(helm_sdkpy.Configuration()).run(sys.argv[1]))\n"
+    "print(json.dumps(r))\n"
+)
+
+
+def lint(chart):
+    """(lint result, the chart's refusals, the rendered config) for `chart`."""
+    with open(os.path.join(chart, "templates", "zz-render-probe.yaml"), "w") as f:
+        f.write(PROBE)
+    p = subprocess.run([sys.executable, "-c", LINT, chart], capture_output=True, text=True)
+    lines = p.stdout.strip().splitlines()
+    result = json.loads(lines[-1]) if lines else {"Errors": [p.stderr[-2000:]]}
+    fails = [json.loads(m) for m in re.findall(r'fail message=("(?:[^"\\]|\\.)*")', p.stderr)]
+    rendered = [m[len(PROBE_MARK):] for m in fails if m.startswith(PROBE_MARK)]
+    refusals = [m for m in fails if not m.startswith(PROBE_MARK)]
+    return result, refusals, (rendered[0] if rendered else None)
+
+
+def expectations(text, kind):
+    return [m.strip() for m in re.findall(r"^# expect-" + kind + r": (.*)$", text, flags=re.M)]
+
+
+def scenario_chart(tmp, defaults, text):
+    merged = merge(defaults, yaml.safe_load(text) or {})
+    chart = os.path.join(tmp, "batch-gateway")
+    shutil.copytree(CHART, chart)
+    with open(os.path.join(chart, "values.yaml"), "w") as f:
+        yaml.safe_dump(merged, f)
+    return chart
+
+
 def readme_table(rows):
     lines = ["| value | what it does |", "|---|---|"]
     lines += [f"| `{k}` | {d} |" for k, d in rows]
@@ -106,39 +152,55 @@ def main():
             failed += 1
 
     defaults = yaml.safe_load(values_text)
-    scenarios = sorted(f for f in os.listdir(os.path.join(CHART, "ci")) if f.endswith("-values.yaml"))
-    config = helm_sdkpy.Configuration()
+    ci = os.path.join(CHART, "ci")
+    scenarios = sorted(f for f in os.listdir(ci) if f.endswith("-values.yaml"))
     for scenario in scenarios:
-        with open(os.path.join(CHART, "ci", scenario)) as f:
-            over = yaml.safe_load(f) or {}
-        merged = merge(defaults, over)
+        with open(os.path.join(ci, scenario)) as f:
+            text = f.read()
         with tempfile.TemporaryDirectory() as tmp:
-            chart = os.path.join(tmp, "batch-gateway")
-            shutil.copytree(CHART, chart)
-            with open(os.path.join(chart, "values.yaml"), "w") as f:
-                yaml.safe_dump(merged, f)
-            result = asyncio.run(helm_sdkpy.Lint(config).run(chart))
+            chart = scenario_chart(tmp, defaults, text)
+            result, refusals, rendered = lint(chart)
             errors = [m for m in result.get("Messages") or [] if m.get("Severity", 0) >= 3]
-            if result.get("Errors") or errors:
+            if result.get("Errors") or errors or refusals:
                 # helm-sdkpy prints error details as {}: name where it failed.
                 where = ", ".join(m.get("Path", "?") for m in errors) or "?"
-                print(f"FAIL helm lint {scenario}: errors in {where}")
+                print(f"FAIL helm lint {scenario}: errors in {where} {refusals}")
                 failed += 1
             else:
                 print(f"PASS helm lint {scenario}")
                 passed += 1
-            toml_text = merged.get("config") or open(os.path.join(CHART, "files", "gateway.toml")).read()
+            if rendered is None:
+                print(f"FAIL render {scenario}: the rendered config was not seen")
+                failed += 1
+                continue
+            missing = [e for e in expectations(text, "config") if e not in rendered]
+            if missing:
+                print(f"FAIL render {scenario}: the rendered config lacks {missing}")
+                failed += 1
             cfg = os.path.join(tmp, "gateway.toml")
             with open(cfg, "w") as f:
-                f.write(toml_text)
+                f.write(rendered)
             r = subprocess.run([args.binary, "check-config", "--config", cfg, "--skip-files"],
                                capture_output=True, text=True)
             if r.returncode != 0:
                 print(f"FAIL check-config {scenario}: {r.stdout}{r.stderr}")
                 failed += 1
             else:
-                print(f"PASS check-config {scenario}")
+                print(f"PASS check-config {scenario} (rendered)")
                 passed += 1
+    refused = os.path.join(ci, "refused")
+    for scenario in sorted(f for f in os.listdir(refused) if f.endswith("-values.yaml")):
+        with open(os.path.join(refused, scenario)) as f:
+            text = f.read()
+        wanted = expectations(text, "failure")
+        with tempfile.TemporaryDirectory() as tmp:
+            _, refusals, _ = lint(scenario_chart(tmp, defaults, text))
+        if wanted and all(any(w in m for m in refusals) for w in wanted):
+            print(f"PASS refused {scenario}: {refusals[0][:100]}...")
+            passed += 1
+        else:
+            print(f"FAIL refused {scenario}: wanted a refusal containing {wanted}, got {refusals}")
+            failed += 1
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0
 

@@ -27,12 +27,83 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- end -}}
 
-{{- define "batch-gateway.config" -}}
+{{/* The operator's config (values.config or files/gateway.toml). */}}
+{{- define "batch-gateway.baseConfig" -}}
 {{- if .Values.config -}}
 {{ .Values.config }}
 {{- else -}}
 {{ .Files.Get "files/gateway.toml" }}
 {{- end -}}
+{{- end -}}
+
+{{/* How many replicas the release can run at most. */}}
+{{- define "batch-gateway.maxReplicas" -}}
+{{- if .Values.autoscaling.enabled -}}
+{{- .Values.autoscaling.maxReplicas -}}
+{{- else -}}
+{{- .Values.replicaCount -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Refuses what would silently weaken the gateway's guarantees: several
+replicas whose limits and single-use tokens are each their own.
+*/}}
+{{- define "batch-gateway.validate" -}}
+{{- $s := .Values.sharedState -}}
+{{- $own := contains "[shared_state]" (include "batch-gateway.baseConfig" .) -}}
+{{- $several := or .Values.autoscaling.enabled (gt (int .Values.replicaCount) 1) -}}
+{{- if and $several (not $s.enabled) (not $own) (not $s.allowPerReplicaLimits) -}}
+{{- fail (printf "batch-gateway: %s without shared state: every replica would keep its own limits, a single-use token would be accepted once per replica and a daily_quota would allow quota x replicas. Set sharedState.enabled with sharedState.url (or sharedState.sentinel), or replicaCount: 1 without autoscaling, or sharedState.allowPerReplicaLimits: true to accept per-replica limits." (ternary "autoscaling" (printf "replicaCount %d" (int .Values.replicaCount)) .Values.autoscaling.enabled)) -}}
+{{- end -}}
+{{- if $s.enabled -}}
+{{- if $own -}}
+{{- fail "batch-gateway: sharedState.enabled and a [shared_state] section in config: give it in one place (the values write the section)" -}}
+{{- end -}}
+{{- if and (not $s.url) (not $s.sentinel.urls) -}}
+{{- fail "batch-gateway: sharedState.enabled needs sharedState.url, or sharedState.sentinel.urls with sharedState.sentinel.master" -}}
+{{- end -}}
+{{- if and $s.url $s.sentinel.urls -}}
+{{- fail "batch-gateway: give sharedState.url or sharedState.sentinel.urls, not both" -}}
+{{- end -}}
+{{- if and $s.sentinel.urls (not $s.sentinel.master) -}}
+{{- fail "batch-gateway: sharedState.sentinel.urls needs sharedState.sentinel.master" -}}
+{{- end -}}
+{{- if and $s.username (not $s.passwordSecret) -}}
+{{- fail "batch-gateway: sharedState.username needs sharedState.passwordSecret (an existing Secret with key password)" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The config the pods read: the operator's, plus [shared_state] from values. */}}
+{{- define "batch-gateway.config" -}}
+{{ include "batch-gateway.baseConfig" . }}
+{{- with .Values.sharedState }}
+{{- if .enabled }}
+
+# From the chart's sharedState values.
+[shared_state]
+backend = "redis"
+{{- if .url }}
+url = {{ .url | toJson }}
+{{- else }}
+sentinel_urls = {{ .sentinel.urls | toJson }}
+sentinel_master = {{ .sentinel.master | toJson }}
+{{- end }}
+{{- if .caSecret }}
+ca_file = "/etc/batch-gateway/redis-ca/ca.crt"
+{{- end }}
+{{- if .username }}
+username = {{ .username | toJson }}
+{{- end }}
+{{- if .passwordSecret }}
+password_file = "/etc/batch-gateway/redis-password/password"
+{{- end }}
+key_prefix = {{ .keyPrefix | toJson }}
+timeout_ms = {{ int .timeoutMs }}
+fallback_replicas = {{ if gt (int .fallbackReplicas) 0 }}{{ int .fallbackReplicas }}{{ else }}{{ include "batch-gateway.maxReplicas" $ }}{{ end }}
+{{- end }}
+{{- end }}
 {{- end -}}
 
 {{/* The pod template, shared by the Deployment and the StatefulSet. */}}
@@ -67,6 +138,11 @@ spec:
       args: ["serve", "--config", "/etc/batch-gateway/config/gateway.toml"]
       env:
         - name: POD_NAME
+          valueFrom:
+            fieldRef:
+              fieldPath: metadata.name
+        # Every audit record names its replica: the pod.
+        - name: BATCH_GATEWAY_REPLICA
           valueFrom:
             fieldRef:
               fieldPath: metadata.name
@@ -118,6 +194,16 @@ spec:
           mountPath: /etc/batch-gateway/vault
           readOnly: true
         {{- end }}
+        {{- if and .Values.sharedState.enabled .Values.sharedState.passwordSecret }}
+        - name: redis-password
+          mountPath: /etc/batch-gateway/redis-password
+          readOnly: true
+        {{- end }}
+        {{- if and .Values.sharedState.enabled .Values.sharedState.caSecret }}
+        - name: redis-ca
+          mountPath: /etc/batch-gateway/redis-ca
+          readOnly: true
+        {{- end }}
         # The service-account token for Vault's Kubernetes login, 0440 (the
         # automounted token is 0644, which the gateway refuses as a key file).
         - name: vault-login-token
@@ -162,6 +248,19 @@ spec:
       secret:
         secretName: {{ .Values.vault.caSecret }}
         # 0440: the gateway refuses key files anyone may read; fsGroup gives it the group.
+        defaultMode: 0440
+    {{- end }}
+    {{- if and .Values.sharedState.enabled .Values.sharedState.passwordSecret }}
+    - name: redis-password
+      secret:
+        secretName: {{ .Values.sharedState.passwordSecret }}
+        # 0440: the gateway refuses key files anyone may read; fsGroup gives it the group.
+        defaultMode: 0440
+    {{- end }}
+    {{- if and .Values.sharedState.enabled .Values.sharedState.caSecret }}
+    - name: redis-ca
+      secret:
+        secretName: {{ .Values.sharedState.caSecret }}
         defaultMode: 0440
     {{- end }}
     {{- if not .Values.audit.persistence.enabled }}
