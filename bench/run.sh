@@ -6,6 +6,11 @@
 #   (c) gateway   — wrk -> batch-gateway (EdDSA tokens unless --alg says
 #                   otherwise, file secrets, audit
 #                   on a real file with fsync) -> the stub over TLS
+#   (c') shared    — as (c), a second gateway with [shared_state] on a local
+#                   redis-server (pinned with the stub): a grant without limits
+#                   (the cool-down check only) and one with rate_per_minute and
+#                   daily_quota (the whole admission script), interleaved with
+#                   the others: what the Redis round trip adds
 #   (d) single-use — as (c), but every request carries a fresh request-bound
 #                   token (a signature check each time); closed loop only,
 #                   after the interleaved reps (its replay memory grows, so
@@ -58,6 +63,27 @@ nginx_conf proxy "upstream stub { server 127.0.0.1:$STUB; keepalive 64; }
 
 gateway_conf "$W/gateway.toml" "$GWP" "$GWA" audit
 TOKEN=$("$GW" token mint --alg "$ALG" --key "$W/idp.key" --iss https://idp.bench --sub bench --team bench --ttl-s 3500)
+# The shared-state gateway: same config, its own trail, a second team whose
+# grant has limits (too high to refuse anything), and Redis.
+if ! command -v redis-server >/dev/null; then
+  apt-get install -y -qq redis-server >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
+fi
+RP=$(port); SGWP=$(port); SGWA=$(port)
+gateway_conf "$W/gateway-shared.toml" "$SGWP" "$SGWA" audit-shared
+cat >> "$W/gateway-shared.toml" <<CONF
+[[teams]]
+name = "benchlim"
+[[teams.grants]]
+project = "bench"
+actions = ["campaigns.delete"]
+rate_per_minute = 1000000000
+daily_quota = 1000000000000
+[shared_state]
+backend = "redis"
+url = "redis://127.0.0.1:$RP"
+key_prefix = "bench:"
+CONF
+TOKEN_LIM=$("$GW" token mint --alg "$ALG" --key "$W/idp.key" --iss https://idp.bench --sub bench --team benchlim --ttl-s 3500)
 # Single-use tokens: bound to this exact request, each with its own jti;
 # minted per repetition, more than the run can use (a reused one would be
 # refused as a replay and counted as non-2xx).
@@ -69,10 +95,14 @@ mint_single() { # count file
 taskset -c 1 nginx -c "$W/stub/nginx.conf" & PIDS+=($!)
 taskset -c 0 nginx -c "$W/proxy/nginx.conf" & PIDS+=($!)
 taskset -c 0 "$GW" serve --config "$W/gateway.toml" 2>"$W/gateway.log" & GW_PID=$!; PIDS+=($GW_PID)
-for p in $STUB $NGX $GWP; do wait_port "$p" 100 || true; done
+taskset -c 1 redis-server --bind 127.0.0.1 --port "$RP" --save '' --appendonly no --dir "$W" >/dev/null & REDIS_PID=$!; PIDS+=($REDIS_PID)
+wait_port "$RP" 100 || true
+taskset -c 0 "$GW" serve --config "$W/gateway-shared.toml" 2>"$W/gateway-shared.log" & SGW_PID=$!; PIDS+=($SGW_PID)
+for p in $STUB $NGX $GWP $SGWP; do wait_port "$p" 100 || true; done
 NGX_WORKER=$(pgrep -P "$(cat "$W/proxy/nginx.pid")" | head -1)
 
 post_lua
+sed "s/Bearer $TOKEN/Bearer $TOKEN_LIM/" "$W/post.lua" > "$W/post-lim.lua"
 
 # Each wrk thread takes every other token of the file given after "--".
 cat > "$W/single.lua" <<LUA
@@ -101,8 +131,12 @@ HZ=$(getconf CLK_TCK)
 declare -A URL=( [direct]="https://127.0.0.1:$STUB/2.8/campaigns/delete"
                  [nginx]="http://127.0.0.1:$NGX/2.8/campaigns/delete"
                  [gateway]="http://127.0.0.1:$GWP/2.8/campaigns/delete"
-                 [single]="http://127.0.0.1:$GWP/2.8/campaigns/delete" )
-declare -A PID=( [direct]="" [nginx]="$NGX_WORKER" [gateway]="$GW_PID" [single]="$GW_PID" )
+                 [single]="http://127.0.0.1:$GWP/2.8/campaigns/delete"
+                 [shared]="http://127.0.0.1:$SGWP/2.8/campaigns/delete"
+                 [shared+lim]="http://127.0.0.1:$SGWP/2.8/campaigns/delete" )
+declare -A PID=( [direct]="" [nginx]="$NGX_WORKER" [gateway]="$GW_PID" [single]="$GW_PID"
+                 [shared]="$SGW_PID" [shared+lim]="$SGW_PID" )
+declare -A AUTH=( [shared+lim]="$TOKEN_LIM" )
 
 RESULTS="$W/results.tsv"
 : > "$RESULTS"
@@ -116,6 +150,8 @@ closed() { # target rep
     prof=$!
   fi
   local script=("$W/post.lua") extra=()
+  [ "$t" = shared+lim ] && script=("$W/post-lim.lua")
+  local redis_before; redis_before=$(cpu_ticks "$REDIS_PID")
   if [ "$t" = single ]; then
     # More tokens than the run can use; RSA signing is slow, and RSA
     # single-use runs are slower than that (an exhausted file shows as 401s).
@@ -139,12 +175,13 @@ closed() { # target rep
   non2xx=$((non2xx + ${sockerr:-0}))
   local cpu_us="-"
   [ -n "$pid" ] && cpu_us=$(python3 -c "print(round(($after-$before)/$HZ*1e6/max($reqs,1),1))")
-  printf 'closed\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$2" "$rps" "$p50" "$p99" "$cpu_us" "$non2xx" >> "$RESULTS"
+  local redis_us; redis_us=$(python3 -c "print(round(($(cpu_ticks "$REDIS_PID")-$redis_before)/$HZ*1e6/max($reqs,1),1))")
+  printf 'closed\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$2" "$rps" "$p50" "$p99" "$cpu_us" "$non2xx" "$redis_us" >> "$RESULTS"
 }
 opened() { # target rate rep
   [ -n "$OHA_BIN" ] || return 0
   local out; out=$(taskset -c 1 "$OHA_BIN" --no-tui -z "${SECS}s" -w -q "$2" --latency-correction -c 32 \
-      -m POST -H "Content-Type: application/json" -H "Authorization: Bearer $TOKEN" -d "$BODY" \
+      -m POST -H "Content-Type: application/json" -H "Authorization: Bearer ${AUTH[$1]:-$TOKEN}" -d "$BODY" \
       --insecure --output-format json "${URL[$1]}")
   echo "$out" | python3 -c "
 import json,sys
@@ -155,10 +192,12 @@ print('\t'.join(['open@$2','$1','$3',str(round(d['summary']['requestsPerSec'])),
 
 echo "# pinning: proxies (nginx worker, gateway) on CPU 0; wrk/oha and the stub on CPU 1"
 echo "# caller tokens: $ALG"
-echo "# $REPS reps x ${SECS}s, interleaved: direct, nginx, gateway"
+echo "# redis-server (shared state) on CPU 1 with the load generator and the stub"
+echo "# $REPS reps x ${SECS}s, interleaved: direct, nginx, gateway, shared, shared+lim"
+TARGETS="direct nginx gateway shared shared+lim"
 for rep in $(seq "$REPS"); do
-  for t in direct nginx gateway; do closed "$t" "$rep"; done
-  for rate in 1000 5000; do for t in direct nginx gateway; do opened "$t" "$rate" "$rep"; done; done
+  for t in $TARGETS; do closed "$t" "$rep"; done
+  for rate in 1000 5000; do for t in $TARGETS; do opened "$t" "$rate" "$rep"; done; done
 done
 RSS_KB=$(awk '/VmHWM/ {print $2}' "/proc/$GW_PID/status")
 for rep in $(seq "$REPS"); do closed single "$rep"; done
@@ -174,17 +213,19 @@ def ms(v):
         if v.endswith(unit): return float(v[:-len(unit)])*f
     return float(v)
 print("\nclosed loop (wrk -t2 -c32): median [min-max] of the reps")
-print(f"{'target':8} {'req/s':>24} {'p50 ms':>8} {'p99 ms':>8} {'proxy CPU us/req':>17} {'non-2xx':>8}")
+print(f"{'target':10} {'req/s':>24} {'p50 ms':>8} {'p99 ms':>8} {'proxy CPU us/req':>17} {'non-2xx':>8}")
 med={}
 cpu_med={}
-summary={"non2xx": sum(int(x[-1]) for x in rows), "rss_mib": int(sys.argv[2])/1024, "open_p99_ms": {}}
-for t in ("direct","nginx","gateway","single"):
+summary={"non2xx": sum(int(x[7]) for x in rows), "rss_mib": int(sys.argv[2])/1024, "open_p99_ms": {}}
+p99_med={}
+for t in ("direct","nginx","gateway","shared","shared+lim","single"):
     r=[x for x in rows if x[0]=="closed" and x[1]==t]
     if not r: continue
     rps=[float(x[3]) for x in r]; cpu=[float(x[6]) for x in r if x[6]!="-"]
     med[t]=statistics.median(rps)
+    p99_med[t]=statistics.median([ms(x[5]) for x in r])
     if cpu: cpu_med[t]=statistics.median(cpu)
-    print(f"{t:8} {statistics.median(rps):>10.0f} [{min(rps):.0f}-{max(rps):.0f}] "
+    print(f"{t:10} {statistics.median(rps):>10.0f} [{min(rps):.0f}-{max(rps):.0f}] "
           f"{statistics.median([ms(x[4]) for x in r]):>8.3f} {statistics.median([ms(x[5]) for x in r]):>8.3f} "
           f"{(statistics.median(cpu) if cpu else float('nan')):>17.1f} {sum(int(x[7]) for x in r):>8}")
 if "gateway" in med and "nginx" in med:
@@ -193,17 +234,24 @@ if "single" in cpu_med and "gateway" in cpu_med:
     s, g = cpu_med["single"], cpu_med["gateway"]
     print(f"single-use request-bound tokens: {med['single']:.0f} req/s ({med['single']/med['nginx']:.2f}x nginx), "
           f"{s:.1f} us/req; the signature check (and replay memory) is {s-g:.1f} us of it ({(s-g)/s:.0%})")
+for t, what in (("shared", "a grant without limits: the cool-down check"),
+                ("shared+lim", "a grant with rate and quota: the whole admission script")):
+    if t in cpu_med and "gateway" in cpu_med:
+        redis=statistics.median([float(x[8]) for x in rows if x[0]=="closed" and x[1]==t])
+        print(f"shared state, {what}: {med[t]:.0f} req/s ({med[t]/med['gateway']:.2f}x the gateway without), "
+              f"gateway CPU {cpu_med[t]-cpu_med['gateway']:+.1f} us/req, Redis CPU {redis:.1f} us/req, "
+              f"closed-loop p99 {p99_med[t]-p99_med['gateway']:+.3f} ms")
 op=[x for x in rows if x[0].startswith("open@")]
 if op:
     print("\nopen loop (oha, latency-corrected): median of the reps")
-    print(f"{'rate':6} {'target':8} {'req/s':>8} {'p50':>10} {'p99':>10} {'p99.9':>10} {'non-2xx':>8}")
+    print(f"{'rate':6} {'target':10} {'req/s':>8} {'p50':>10} {'p99':>10} {'p99.9':>10} {'non-2xx':>8}")
     for rate in ("1000","5000"):
-        for t in ("direct","nginx","gateway"):
+        for t in ("direct","nginx","gateway","shared","shared+lim"):
             r=[x for x in op if x[0]==f"open@{rate}" and x[1]==t]
             if not r: continue
             m=lambda i: statistics.median([ms(x[i]) for x in r])
             summary["open_p99_ms"][f"{t}@{rate}"]=m(5)
-            print(f"{rate:6} {t:8} {statistics.median([float(x[3]) for x in r]):>8.0f} {m(4):>8.3f}ms {m(5):>8.3f}ms {m(6):>8.3f}ms {sum(int(x[7]) for x in r):>8}")
+            print(f"{rate:6} {t:10} {statistics.median([float(x[3]) for x in r]):>8.0f} {m(4):>8.3f}ms {m(5):>8.3f}ms {m(6):>8.3f}ms {sum(int(x[7]) for x in r):>8}")
 print(f"\npeak RSS: gateway {int(sys.argv[2])/1024:.1f} MiB, nginx worker {int(sys.argv[3])/1024:.1f} MiB")
 print(f"peak RSS after the single-use runs: gateway {int(sys.argv[4])/1024:.1f} MiB "
       "(the replay memory keeps every accepted jti until its token expires)")

@@ -36,6 +36,10 @@ const PROBE_EVERY: Duration = breaker::PROBE_EVERY;
 /// How long after a new epoch appears before replicas trust it: each live
 /// replica notices within [`PROBE_EVERY`] and re-seeds meanwhile.
 const SETTLE_MS: i64 = 2000;
+/// Named in a script's KEYS where a request has no such key (never
+/// read or written): under the prefix, so that an ACL user limited to it
+/// may run the script.
+const UNUSED_KEY: &str = "unused";
 /// Longest `jti` written into a key as it is; longer ones are hashed.
 const MAX_KEY_JTI: usize = 128;
 
@@ -347,7 +351,7 @@ impl SharedState {
         inv.key(self.key("epoch"))
             .key(self.project_key(p, "cool"))
             .key(self.project_key(p, "pace"))
-            .key(jti_key.as_deref().unwrap_or("-"));
+            .key(jti_key.clone().unwrap_or_else(|| self.key(UNUSED_KEY)));
         for (team, action, _) in &ask.rates {
             inv.key(self.project_key(p, &format!("rate:{team}:{action}")));
         }
@@ -440,7 +444,7 @@ impl SharedState {
         let me = self.clone();
         rt.spawn(async move {
             let mut inv = me.scripts.refund.prepare_invoke();
-            inv.key(refund.jti_key.as_deref().unwrap_or("-"));
+            inv.key(refund.jti_key.clone().unwrap_or_else(|| me.key(UNUSED_KEY)));
             for k in &refund.quota_keys {
                 inv.key(k);
             }

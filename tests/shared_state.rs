@@ -8,7 +8,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::redis::{Redis, Replica, shared_state};
+use support::redis::{Redis, Replica, Sentinel, shared_state};
 use support::*;
 
 /// growth: single-use tokens; ops on marketing-prod: `quota` a day. The
@@ -442,6 +442,30 @@ async fn over_tls_with_an_acl_user_limited_to_the_prefix() {
     delete(&fleet[1], &token)
         .await
         .assert_gateway_error(401, "token_replayed", "10");
+    // The scripts run as this user for every kind of request: a plain
+    // token on a grant without limits (the cool-down check) and on one
+    // with a quota (the admission), not only single-use ones.
+    let ops = w.token("ops");
+    assert_eq!(
+        delete_at_project(&fleet[0], &ops, "sales-prod")
+            .await
+            .status,
+        204
+    );
+    ops_forwarded(&fleet[1], &ops).await;
+    for r in &fleet {
+        assert_eq!(
+            r.metric("batch_gateway_shared_state_calls_total{op=\"admit\",result=\"error\"}"),
+            0.0
+        );
+        assert_eq!(
+            r.metric(
+                "batch_gateway_shared_state_calls_total{op=\"cooldown_check\",result=\"error\"}"
+            ),
+            0.0
+        );
+        assert_eq!(r.readyz().1["shared_state"], "ok");
+    }
     // The password reaches no log, record or metric.
     for r in &fleet {
         assert!(!r.metrics().contains("s3cret"));
@@ -673,4 +697,27 @@ async fn the_reviewers_commands_read_every_replicas_chain() {
         out.contains("gw-0: ok") && out.contains("gw-1: BROKEN"),
         "{out}"
     );
+}
+
+/// The master found through Redis Sentinel (`sentinel_urls`,
+/// `sentinel_master`): the fleet shares its state there.
+#[tokio::test]
+async fn through_sentinel() {
+    let w = World::new().await;
+    let redis = Redis::start(w.dir.path());
+    let sentinel = Sentinel::start(w.dir.path(), &redis, "bgw-master");
+    let url = format!("redis://127.0.0.1:{}", sentinel.port);
+    let fleet = replicas(&w, 2, move |d| {
+        fleet_config(url.clone(), 10)(d);
+        let s = d.get_mut("shared_state").unwrap().as_table_mut().unwrap();
+        s.remove("url");
+        s.insert("sentinel_urls".into(), vec![url.clone()].into());
+        s.insert("sentinel_master".into(), "bgw-master".into());
+    });
+    wait_recovered(&fleet);
+    let token = spend(&w, &fleet[0]).await;
+    delete(&fleet[1], &token)
+        .await
+        .assert_gateway_error(401, "token_replayed", "10");
+    assert!(redis.keys().iter().any(|k| k.starts_with("bgw:test:jti:")));
 }
