@@ -89,10 +89,15 @@ impl App {
                 Arc::new(secrets::vault::VaultSource::new(v, metrics.clone())?)
             }
         };
+        let fetch_timeout = match &config.secrets.backend {
+            SecretsBackend::Vault(v) => v.request_timeout,
+            SecretsBackend::File(_) => secrets::DEFAULT_FETCH_TIMEOUT,
+        };
         let secrets = SecretCache::with_metrics(
             source,
             config.secrets.cache_ttl,
             config.secrets.stale_if_error,
+            fetch_timeout,
             Some(metrics.clone()),
         );
         let replay = replay::ReplayCache::new(config.auth.replay_cache_size);

@@ -6,6 +6,12 @@
 //! good value for at most `stale_if_error_s` past its TTL. A secret the
 //! source says is gone is evicted at once. Secrets live in `secrecy` types:
 //! their `Debug` prints `[REDACTED]`.
+//!
+//! A failing or hung source costs a request at most one fetch timeout:
+//! one fetch per path at a time (callers with a usable stale copy get it at
+//! once while it runs; callers without one share its result), and a failed
+//! fetch backs off (exponentially, bounded, with jitter) during which stale
+//! copies are served and callers without one are refused at once.
 
 pub mod vault;
 
@@ -185,6 +191,9 @@ impl Freshness {
     }
 }
 
+/// Bounds a fetch from a source that has no timeout of its own (the file).
+pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(2);
+
 #[derive(Clone)]
 struct Entry {
     secret: Arc<ProjectSecret>,
@@ -219,18 +228,50 @@ struct Inner {
     states: Mutex<HashMap<String, SecretState>>,
     /// One fetch per secret path at a time (single flight).
     flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The last failed fetch per path, until a fetch succeeds.
+    failures: Mutex<HashMap<String, Failure>>,
+    /// Bounds one fetch (the backend's request timeout).
+    fetch_timeout: Duration,
     metrics: Option<Arc<crate::metrics::Metrics>>,
+}
+
+/// A fetch that could not ask the source, and when to ask again.
+#[derive(Clone)]
+struct Failure {
+    error: SourceError,
+    /// Failures in a row.
+    count: u32,
+    finished: Instant,
+    retry_at: Instant,
+}
+
+/// The first retry after a failure; doubled per failure in a row.
+const BACKOFF_BASE: Duration = Duration::from_millis(250);
+/// The longest wait between two fetches of a failing source.
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// The wait after `count` failures in a row: doubling from
+/// [`BACKOFF_BASE`] up to [`BACKOFF_MAX`], then a random half to all of it
+/// (replicas and paths do not retry in step).
+fn backoff(count: u32) -> Duration {
+    let full = BACKOFF_BASE
+        .saturating_mul(1u32 << count.saturating_sub(1).min(16))
+        .min(BACKOFF_MAX);
+    let r = (uuid::Uuid::new_v4().as_u128() % 1000) as f64 / 1000.0;
+    full.mul_f64(0.5 + r / 2.0)
 }
 
 impl SecretCache {
     pub fn new(source: Arc<dyn SecretSource>, ttl: Duration, stale: Duration) -> Self {
-        Self::with_metrics(source, ttl, stale, None)
+        Self::with_metrics(source, ttl, stale, DEFAULT_FETCH_TIMEOUT, None)
     }
 
+    /// `fetch_timeout` bounds one fetch, login and retries included.
     pub fn with_metrics(
         source: Arc<dyn SecretSource>,
         ttl: Duration,
         stale: Duration,
+        fetch_timeout: Duration,
         metrics: Option<Arc<crate::metrics::Metrics>>,
     ) -> Self {
         let cache = moka::future::Cache::builder()
@@ -245,6 +286,8 @@ impl SecretCache {
                 stale,
                 states: Mutex::new(HashMap::new()),
                 flights: Mutex::new(HashMap::new()),
+                failures: Mutex::new(HashMap::new()),
+                fetch_timeout,
                 metrics,
             }),
         }
@@ -301,10 +344,15 @@ impl SecretCache {
     ///
     /// Within `cache_ttl_s` the cached value is served; in its last fifth a
     /// background refresh starts, so no request waits on the backend while
-    /// a cached value exists. Concurrent misses share one fetch.
+    /// a cached value exists. Past it, one caller fetches (bounded by the
+    /// fetch timeout) while callers with a usable stale copy get it at once
+    /// and those without one wait for that fetch and share its result. After
+    /// a failed fetch, until its backoff ends, nobody asks the source:
+    /// stale copies are served, callers without one are refused at once.
     pub async fn get(&self, path: &str) -> Result<(Arc<ProjectSecret>, Freshness), SourceError> {
         let ttl = self.inner.ttl;
-        if let Some(e) = self.inner.cache.get(path).await {
+        let cached = self.inner.cache.get(path).await;
+        if let Some(e) = &cached {
             let age = e.fetched.elapsed();
             if age < ttl {
                 self.count("hit");
@@ -315,15 +363,73 @@ impl SecretCache {
             }
         }
         self.count("miss");
+        let stale = cached.filter(|e| e.fetched.elapsed() < ttl + self.inner.stale);
+        let failure = self.failure(path);
+        let backing_off = failure
+            .as_ref()
+            .is_some_and(|f| Instant::now() < f.retry_at);
         let flight = self.flight(path);
-        let _turn = flight.lock().await;
-        // Someone else may have fetched while we waited.
+        if let Some(e) = stale {
+            if !backing_off && let Ok(_turn) = flight.clone().try_lock_owned() {
+                return self.fetch(path).await;
+            }
+            // A fetch is running or has just failed: the stale copy now.
+            self.count("stale");
+            self.set_state(path, SecretState::Stale);
+            return Ok((e.secret, Freshness::Stale));
+        }
+        if backing_off && let Some(f) = failure {
+            self.set_state(path, SecretState::Unavailable);
+            return Err(f.error);
+        }
+        let waiting = Instant::now();
+        let Ok(_turn) = tokio::time::timeout(self.inner.fetch_timeout, flight.lock()).await else {
+            return Err(SourceError::Unavailable(
+                "the secret source did not answer in time".into(),
+            ));
+        };
+        // The fetch we waited for may have succeeded, or failed: share it.
         if let Some(e) = self.inner.cache.get(path).await
             && e.fetched.elapsed() < ttl
         {
             return Ok((e.secret.clone(), Freshness::Cached));
         }
+        if let Some(f) = self.failure(path)
+            && f.finished >= waiting
+        {
+            return Err(f.error);
+        }
         self.fetch(path).await
+    }
+
+    fn failure(&self, path: &str) -> Option<Failure> {
+        self.inner
+            .failures
+            .lock()
+            .ok()
+            .and_then(|f| f.get(path).cloned())
+    }
+
+    fn record_failure(&self, path: &str, error: &SourceError) {
+        if let Ok(mut f) = self.inner.failures.lock() {
+            let count = f.get(path).map_or(0, |x| x.count).saturating_add(1);
+            let now = Instant::now();
+            f.insert(
+                path.to_string(),
+                Failure {
+                    error: error.clone(),
+                    count,
+                    finished: now,
+                    retry_at: now + backoff(count),
+                },
+            );
+        }
+    }
+
+    fn clear_failure(&self, path: &str) {
+        if let Ok(mut f) = self.inner.failures.lock() {
+            f.remove(path);
+        }
     }
 
     fn refresh_in_background(&self, path: &str) {
@@ -339,10 +445,23 @@ impl SecretCache {
         });
     }
 
-    /// Asks the source (the caller holds the path's flight).
+    /// Asks the source, bounded by the fetch timeout (the caller holds the
+    /// path's flight).
     async fn fetch(&self, path: &str) -> Result<(Arc<ProjectSecret>, Freshness), SourceError> {
         let cached = self.inner.cache.get(path).await;
-        match self.inner.source.fetch(path).await {
+        let answer = tokio::time::timeout(self.inner.fetch_timeout, self.inner.source.fetch(path))
+            .await
+            .unwrap_or_else(|_| {
+                Err(SourceError::Unavailable(
+                    "the secret source did not answer in time".into(),
+                ))
+            });
+        if let Err(e @ SourceError::Unavailable(_)) = &answer {
+            self.record_failure(path, e);
+        } else {
+            self.clear_failure(path);
+        }
+        match answer {
             Ok(secret) => {
                 let secret = Arc::new(secret);
                 self.inner

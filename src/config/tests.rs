@@ -487,3 +487,39 @@ fn the_replica_name_comes_from_the_config_else_the_environment_else_the_host() {
     let p = problems("[audit]\nreplica = \"gw 7\\n\"");
     assert!(p.iter().any(|s| s.starts_with("audit.replica")), "{p:?}");
 }
+
+/// `namespace = "team-a\n"` passed check-config and was then left out of
+/// every call: reads went to the root namespace, whose secret at the same
+/// path is another one. A namespace that cannot be sent is refused.
+#[test]
+fn a_vault_namespace_that_cannot_be_sent_is_refused() {
+    let vault = |ns: &str| {
+        format!(
+            "[secrets]\nbackend = \"vault\"\n[secrets.vault]\naddress = \"https://vault:8200\"\n\
+             token_file = \"t\"\nnamespace = {}",
+            toml::Value::String(ns.into())
+        )
+    };
+    for bad in [
+        "team-a\n",
+        "team a",
+        "",
+        "a//b",
+        "/team-a",
+        "team-a\u{7f}",
+        "é",
+    ] {
+        let p = problems(&vault(bad));
+        assert!(
+            p.iter().any(|s| s.starts_with("secrets.vault.namespace")),
+            "{bad:?}: {p:?}"
+        );
+    }
+    for good in ["team-a", "team-a/child", "org/team_a.b-c/"] {
+        let c = parse(&vault(good)).unwrap_or_else(|e| panic!("{good:?}: {:?}", e.0));
+        let SecretsBackend::Vault(v) = c.secrets.backend else {
+            panic!("not vault")
+        };
+        assert_eq!(v.namespace.as_deref(), Some(good));
+    }
+}

@@ -116,6 +116,17 @@ pub(super) fn validate_vault(
             "must be a mount path like \"secret\"",
         );
     }
+    if let Some(ns) = &v.namespace
+        && !valid_namespace(ns)
+    {
+        // Sent as X-Vault-Namespace on every call: a value that cannot be a
+        // header would otherwise be left out, and reads would go to the
+        // root namespace (another namespace's key at the same path).
+        p.add(
+            "secrets.vault.namespace",
+            "must be a namespace path of A-Z a-z 0-9 . _ - separated by single / (no spaces,              control characters or empty segments), at most 255 characters",
+        );
+    }
     let timeout = v.request_timeout_ms.unwrap_or(2000);
     if timeout == 0 {
         p.add("secrets.vault.request_timeout_ms", "must be greater than 0");
@@ -128,4 +139,18 @@ pub(super) fn validate_vault(
         auth: auth?,
         request_timeout: Duration::from_millis(timeout),
     })
+}
+
+/// A Vault (or OpenBao) namespace path: segments of `A-Za-z0-9._-`
+/// joined by single `/` (a trailing `/` is allowed, as Vault accepts it).
+fn valid_namespace(ns: &str) -> bool {
+    let trimmed = ns.strip_suffix('/').unwrap_or(ns);
+    !trimmed.is_empty()
+        && ns.len() <= 255
+        && trimmed.split('/').all(|seg| {
+            !seg.is_empty()
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        })
 }

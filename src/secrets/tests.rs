@@ -5,12 +5,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 struct Scripted {
     answer: Mutex<Result<String, SourceError>>,
     calls: AtomicUsize,
+    /// How long each fetch takes before answering (a hung backend).
+    hang: Mutex<Duration>,
 }
 
 #[async_trait::async_trait]
 impl SecretSource for Scripted {
     async fn fetch(&self, _: &str) -> Result<ProjectSecret, SourceError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        let hang = self.hang.lock().map(|h| *h).unwrap_or_default();
+        tokio::time::sleep(hang).await;
         let a = self
             .answer
             .lock()
@@ -30,13 +34,125 @@ fn cache(ttl_ms: u64, stale_ms: u64) -> (Arc<Scripted>, SecretCache) {
     let src = Arc::new(Scripted {
         answer: Mutex::new(Ok("rk_one".into())),
         calls: AtomicUsize::new(0),
+        hang: Mutex::new(Duration::ZERO),
     });
-    let c = SecretCache::new(
+    let c = SecretCache::with_metrics(
         src.clone(),
         Duration::from_millis(ttl_ms),
         Duration::from_millis(stale_ms),
+        FETCH_TIMEOUT,
+        None,
     );
     (src, c)
+}
+
+/// The fetch timeout of these tests (Vault's request_timeout_ms).
+const FETCH_TIMEOUT: Duration = Duration::from_millis(400);
+
+fn hang(src: &Scripted, d: Duration) {
+    if let Ok(mut h) = src.hang.lock() {
+        *h = d;
+    }
+}
+
+/// Five callers at once of a secret past its TTL, the backend hung: each
+/// waited 1, 2, 3, 4 and 5 timeouts, one fetch after another. Now one
+/// fetch runs, the others get the stale copy at once, and nobody waits
+/// longer than one timeout.
+#[tokio::test]
+async fn a_hung_source_costs_one_timeout_and_only_one_caller_pays_it() {
+    let (src, c) = cache(50, 60_000);
+    assert!(c.get("p").await.is_ok());
+    hang(&src, Duration::from_secs(30));
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let calls = (0..5)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let got = c.get("p").await.map(|r| r.1);
+                (got.ok(), started.elapsed())
+            })
+        })
+        .collect::<Vec<_>>();
+    let mut waited = vec![];
+    for h in calls {
+        let (got, took) = h.await.unwrap();
+        assert_eq!(got, Some(Freshness::Stale));
+        waited.push(took);
+    }
+    waited.sort();
+    assert!(waited[4] < FETCH_TIMEOUT * 2, "{waited:?}");
+    assert!(
+        waited[3] < FETCH_TIMEOUT / 2,
+        "only one caller waits: {waited:?}"
+    );
+    assert_eq!(src.calls.load(Ordering::SeqCst), 2, "warm-up + one fetch");
+    // Just failed: the next callers are not made to wait again either.
+    let started = Instant::now();
+    assert_eq!(c.get("p").await.map(|r| r.1).ok(), Some(Freshness::Stale));
+    assert!(started.elapsed() < FETCH_TIMEOUT / 2);
+    assert_eq!(src.calls.load(Ordering::SeqCst), 2);
+}
+
+/// A backend refusing connections: 20 requests with a stale copy were 20
+/// failed reads. Failures now back off.
+#[tokio::test]
+async fn a_failing_source_backs_off_instead_of_being_asked_per_request() {
+    let (src, c) = cache(20, 60_000);
+    assert!(c.get("p").await.is_ok());
+    set(&src, Err(SourceError::Unavailable("refused".into())));
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    for _ in 0..20 {
+        assert_eq!(c.get("p").await.map(|r| r.1).ok(), Some(Freshness::Stale));
+    }
+    assert_eq!(
+        src.calls.load(Ordering::SeqCst),
+        2,
+        "warm-up + one failed fetch"
+    );
+    // The backoff ends and the source is asked again; once it answers,
+    // the secret is fresh.
+    set(&src, Ok("rk_two"));
+    let started = Instant::now();
+    loop {
+        let (s, f) = c.get("p").await.unwrap();
+        if f == Freshness::Fresh {
+            use secrecy::ExposeSecret;
+            assert_eq!(s.rest_key.expose_secret(), "rk_two");
+            break;
+        }
+        assert!(started.elapsed() < BACKOFF_MAX * 2, "never asked again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Without a usable copy, concurrent callers share one fetch's failure
+/// (each bounded by one timeout) and later ones are refused at once until
+/// the backoff ends.
+#[tokio::test]
+async fn callers_without_a_copy_share_one_failed_fetch() {
+    let (src, c) = cache(50, 0);
+    hang(&src, Duration::from_secs(30));
+    let calls = (0..5)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                (c.get("p").await.is_err(), started.elapsed())
+            })
+        })
+        .collect::<Vec<_>>();
+    for h in calls {
+        let (failed, took) = h.await.unwrap();
+        assert!(failed);
+        assert!(took < FETCH_TIMEOUT * 2, "{took:?}");
+    }
+    assert_eq!(src.calls.load(Ordering::SeqCst), 1);
+    let started = Instant::now();
+    assert!(c.get("p").await.is_err());
+    assert!(started.elapsed() < FETCH_TIMEOUT / 2);
+    assert_eq!(src.calls.load(Ordering::SeqCst), 1);
 }
 
 fn set(src: &Scripted, a: Result<&str, SourceError>) {

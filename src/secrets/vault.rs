@@ -28,6 +28,9 @@ use crate::config::{VaultAuth, VaultConfig};
 use crate::metrics::{Metrics, VaultLabels};
 
 const MAX_VAULT_BODY: usize = 256 * 1024;
+/// How often a token whose lease could not be looked up is renewed (or,
+/// when it cannot be, read again from its file).
+const LEASE_UNKNOWN_CHECK: Duration = Duration::from_secs(300);
 
 struct Token {
     value: SecretString,
@@ -130,13 +133,19 @@ impl VaultSource {
                 }
             }
         }
-        if let Some(ns) = self
-            .cfg
-            .namespace
-            .as_deref()
-            .and_then(|n| HeaderValue::from_str(n).ok())
-        {
-            h.insert("x-vault-namespace", ns);
+        if let Some(ns) = self.cfg.namespace.as_deref() {
+            // Never dropped: without it the call would reach the root
+            // namespace, whose secret at the same path is another one.
+            match HeaderValue::from_str(ns) {
+                Ok(v) => {
+                    h.insert("x-vault-namespace", v);
+                }
+                Err(_) => {
+                    return Call::Failed(
+                        "secrets.vault.namespace is not a valid header value".into(),
+                    );
+                }
+            }
         }
         h.insert(
             http::header::CONTENT_TYPE,
@@ -213,10 +222,16 @@ impl VaultSource {
                     .await
                 {
                     Call::Ok(v) => lease(&v["data"]["ttl"], v["data"]["renewable"].as_bool()),
+                    // A token without Vault's `default` policy may read its
+                    // KV paths but not look itself up: its lease is unknown.
+                    // It is used; every LEASE_UNKNOWN_CHECK it is renewed if
+                    // it can be (else the token file is read again), and a
+                    // 403 on a secret re-reads the file too.
                     Call::Denied => {
-                        return Err(SourceError::Unavailable(
-                            "Vault refused the configured token".into(),
-                        ));
+                        tracing::info!(
+                            "the Vault token may not look itself up (no default policy?); using it with its lease unknown"
+                        );
+                        (Some(Instant::now() + LEASE_UNKNOWN_CHECK), true)
                     }
                     _ => (None, false),
                 };
