@@ -3,7 +3,9 @@
 //! a raw HTTP/1.1 client that can send what well-behaved clients never do.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod bao;
 pub mod h2raw;
+pub mod k8s;
 pub mod redis;
 pub mod tls;
 pub mod vault;
@@ -909,6 +911,38 @@ pub async fn try_exchange(addr: SocketAddr, bytes: &[u8]) -> Option<Resp> {
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut buf)).await;
     parse_response(&buf)
+}
+
+/// Sends `sig` (`-STOP`, `-CONT`…) to a server process a test started.
+pub fn signal(child: Option<&std::process::Child>, sig: &str) {
+    if let Some(c) = child {
+        std::process::Command::new("kill")
+            .args([sig, &c.id().to_string()])
+            .status()
+            .unwrap();
+    }
+}
+
+/// A server process a test started, frozen and thawed on cue.
+pub trait Daemon {
+    fn child(&self) -> Option<&std::process::Child>;
+
+    /// Frozen (SIGSTOP): connections stay open, nothing is answered.
+    fn pause(&self) {
+        signal(self.child(), "-STOP");
+    }
+
+    fn resume(&self) {
+        signal(self.child(), "-CONT");
+    }
+}
+
+/// Kills and reaps a server process a test started.
+pub fn kill(child: &mut Option<std::process::Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
 }
 
 /// A port that was free a moment ago (for the real binary's fixed config).

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{World, free_port, table};
+use super::{Daemon, World, free_port, table};
 
 pub struct Redis {
     pub port: u16,
@@ -105,30 +105,9 @@ impl Redis {
         }
     }
 
-    fn signal(&self, sig: &str) {
-        if let Some(c) = &self.child {
-            Command::new("kill")
-                .args([sig, &c.id().to_string()])
-                .status()
-                .unwrap();
-        }
-    }
-
-    /// The server hangs: connections stay open, nothing is answered.
-    pub fn pause(&self) {
-        self.signal("-STOP");
-    }
-
-    pub fn resume(&self) {
-        self.signal("-CONT");
-    }
-
     /// Killed: connections are refused.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        super::kill(&mut self.child);
     }
 
     /// Started again on the same port, with nothing in it.
@@ -226,6 +205,12 @@ impl Drop for Sentinel {
     }
 }
 
+impl super::Daemon for Redis {
+    fn child(&self) -> Option<&Child> {
+        self.child.as_ref()
+    }
+}
+
 impl Drop for Redis {
     fn drop(&mut self) {
         self.resume();
@@ -246,6 +231,16 @@ impl Replica {
     /// `edit` changes the world's config; this adds the ports, the
     /// replica's own audit folder and name.
     pub fn start(w: &World, name: &str, edit: impl FnOnce(&mut toml::Table)) -> Replica {
+        Self::start_with_env(w, name, &[], edit)
+    }
+
+    /// [`Replica::start`] with extra environment variables.
+    pub fn start_with_env(
+        w: &World,
+        name: &str,
+        env: &[(&str, &str)],
+        edit: impl FnOnce(&mut toml::Table),
+    ) -> Replica {
         let (data, admin) = (free_port(), free_port());
         let mut doc: toml::Table = w.config_text().parse().unwrap();
         edit(&mut doc);
@@ -259,6 +254,7 @@ impl Replica {
         let child = Command::new(env!("CARGO_BIN_EXE_batch-gateway"))
             .args(["serve", "--config"])
             .arg(&config)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

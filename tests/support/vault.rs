@@ -227,3 +227,27 @@ impl FakeVault {
         FakeVault { addr, state }
     }
 }
+
+/// `[secrets] backend = "vault"` at `address` (trusting the world's CA)
+/// with `vault_keys`, `request_timeout_ms` (unless the keys give one), the
+/// cache TTL and the stale bound.
+pub fn vault_backend(
+    address: &str,
+    vault_keys: &str,
+    timeout_ms: i64,
+    ttl_s: i64,
+    stale_s: i64,
+) -> impl FnOnce(&mut toml::Table) + use<> {
+    let mut vt: toml::Table = toml::from_str(vault_keys).unwrap();
+    vt.insert("address".into(), address.into());
+    vt.insert("ca_file".into(), "tls/ca.pem".into());
+    vt.entry("request_timeout_ms").or_insert(timeout_ms.into());
+    move |d| {
+        let s = super::table(d, "secrets");
+        s.remove("file");
+        s.insert("backend".into(), "vault".into());
+        s.insert("cache_ttl_s".into(), ttl_s.into());
+        s.insert("stale_if_error_s".into(), stale_s.into());
+        s.insert("vault".into(), vt.into());
+    }
+}
