@@ -419,3 +419,102 @@ async fn kubernetes_auth_through_the_token_review_api() {
         .assert_gateway_error(503, "secrets_unavailable", "2");
     gw.stop().await;
 }
+
+/// The shell blocks of docs/operations.md's "Set up Vault or OpenBao",
+/// in order, each a list of lines for `sh` (a heredoc stays whole).
+fn documented_setup() -> Vec<String> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md"))
+        .unwrap();
+    let start = doc.find("## Set up Vault or OpenBao").expect("the section");
+    let section = &doc[start..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |e| e + 3)];
+    let mut blocks = vec![];
+    let mut lines = section.lines();
+    while let Some(l) = lines.next() {
+        if l.trim() == "```sh" {
+            let block: Vec<&str> = lines
+                .by_ref()
+                .take_while(|l| l.trim() != "```")
+                .map(str::trim)
+                .collect();
+            blocks.push(block.join("\n"));
+        }
+    }
+    blocks
+}
+
+/// Each documented command, run as written against a real OpenBao (only
+/// the placeholders filled in: the keys, the API server's address), sets
+/// up what the gateway then logs in with: a token, AppRole, Kubernetes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_setup_commands_work_as_written() {
+    use support::k8s::FakeTokenReview;
+    let w = World::new().await;
+    let bao = Bao::start_bare(&w);
+    let blocks = documented_setup();
+    assert_eq!(
+        blocks.len(),
+        5,
+        "kv, policy, token, approle, kubernetes: {blocks:?}"
+    );
+    let p = w.project("marketing-prod");
+    let sa = "system:serviceaccount:batch-gateway:batch-gateway";
+    let now = now();
+    let pod_token = w.es.sign(&json!({"sub": sa, "iat": now, "exp": now + 3600,
+        "aud": ["https://kubernetes.default.svc.cluster.local"],
+        "kubernetes.io": {"namespace": "batch-gateway",
+            "serviceaccount": {"name": "batch-gateway", "uid": "uid-1"}}}));
+    let reviewer =
+        w.es.sign(&json!({"sub": "system:serviceaccount:kube-system:reviewer"}));
+    let (cert, key) = w.ca.server(&["127.0.0.1"], false);
+    let k8s = FakeTokenReview::start(&cert, &key, &reviewer, &pod_token, sa).await;
+    w.write("ca.crt", &w.ca.pem);
+    w.write("reviewer.jwt", &reviewer);
+    for block in &blocks {
+        let script = block
+            .replace("rest_key=…", &format!("rest_key={}", p.rest_key))
+            .replace(
+                "project_key=project_…",
+                &format!("project_key={}", p.project_key),
+            )
+            .replace(
+                "https://kubernetes.default.svc",
+                &format!("https://{}", k8s.addr),
+            );
+        bao.shell(w.dir.path(), &script);
+    }
+    // The credential files the commands wrote are the owner's alone (the
+    // gateway refuses others).
+    use std::os::unix::fs::PermissionsExt;
+    for f in ["vault-token", "approle-secret-id"] {
+        let mode = std::fs::metadata(w.path(f)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{f} is {mode:o}");
+    }
+    let role_id = bao.cli(&[
+        "read",
+        "-field=role_id",
+        "auth/approle/role/batch-gateway/role-id",
+    ]);
+    w.write("sa-token", &pod_token);
+    for (method, keys) in [
+        ("token", "auth = \"token\"\ntoken_file = \"vault-token\"".to_string()),
+        (
+            "approle",
+            format!(
+                "auth = \"approle\"\napprole_role_id = \"{}\"\napprole_secret_id_file = \"approle-secret-id\"",
+                role_id.trim()
+            ),
+        ),
+        (
+            "kubernetes",
+            "auth = \"kubernetes\"\nkubernetes_role = \"batch-gateway\"\nkubernetes_jwt_file = \"sa-token\""
+                .to_string(),
+        ),
+    ] {
+        let gw = w.start_with(use_bao(&bao, &keys, 300, 3600)).await;
+        assert_eq!(ok(&gw, &w).await.status, 204, "{method}");
+        assert!(batch_saw_key(&w, &p.rest_key), "{method}");
+        gw.stop().await;
+    }
+    assert!(!k8s.reviewed.lock().unwrap().is_empty());
+}

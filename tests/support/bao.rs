@@ -23,6 +23,13 @@ pub struct Bao {
 impl Bao {
     /// Started, initialised and unsealed, with KV v2 at `secret/`.
     pub fn start(w: &World) -> Bao {
+        let bao = Self::start_bare(w);
+        bao.cli(&["secrets", "enable", "-path=secret", "kv-v2"]);
+        bao
+    }
+
+    /// Started, initialised and unsealed; nothing mounted.
+    pub fn start_bare(w: &World) -> Bao {
         let dir = w.path("bao");
         std::fs::create_dir_all(dir.join("data")).unwrap();
         let (cert, key) = w.ca.server(&["127.0.0.1"], false);
@@ -60,7 +67,6 @@ impl Bao {
         bao.unseal_key = init["unseal_keys_b64"][0].as_str().unwrap().to_string();
         bao.root_token = init["root_token"].as_str().unwrap().to_string();
         bao.unseal();
-        bao.cli(&["secrets", "enable", "-path=secret", "kv-v2"]);
         bao
     }
 
@@ -242,6 +248,25 @@ impl Bao {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// `script` run by `sh -e` in `cwd` with this server's address, CA and
+    /// root token in the environment, as an operator's shell has them.
+    pub fn shell(&self, cwd: &Path, script: &str) -> String {
+        let out = Command::new("sh")
+            .args(["-e", "-c", script])
+            .current_dir(cwd)
+            .env("BAO_ADDR", self.address())
+            .env("BAO_CACERT", &self.ca)
+            .env("BAO_TOKEN", &self.root_token)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{script}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
 
