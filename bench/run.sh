@@ -199,6 +199,16 @@ for rep in $(seq "$REPS"); do
   for t in $TARGETS; do closed "$t" "$rep"; done
   for rate in 1000 5000; do for t in $TARGETS; do opened "$t" "$rate" "$rep"; done; done
 done
+# One request at a time (wrk -t1 -c1): what one request waits, without
+# queueing, so that the Redis round trip's share of p50 and p99 shows.
+serial() { # target rep
+  local script="$W/post.lua"; [ "$1" = shared+lim ] && script="$W/post-lim.lua"
+  local out; out=$(taskset -c 1 wrk -t1 -c1 -d"${SECS}s" --latency -s "$script" "${URL[$1]}")
+  printf 'serial\t%s\t%s\t%s\t%s\n' "$1" "$2" \
+    "$(echo "$out" | awk '$1=="50%" {print $2}')" "$(echo "$out" | awk '$1=="99%" {print $2}')" >> "$RESULTS"
+}
+echo "# one request at a time: gateway, shared, shared+lim, interleaved"
+for rep in $(seq "$REPS"); do for t in gateway shared shared+lim; do serial "$t" "$rep"; done; done
 RSS_KB=$(awk '/VmHWM/ {print $2}' "/proc/$GW_PID/status")
 for rep in $(seq "$REPS"); do closed single "$rep"; done
 RSS_SINGLE_KB=$(awk '/VmHWM/ {print $2}' "/proc/$GW_PID/status")
@@ -216,6 +226,8 @@ print("\nclosed loop (wrk -t2 -c32): median [min-max] of the reps")
 print(f"{'target':10} {'req/s':>24} {'p50 ms':>8} {'p99 ms':>8} {'proxy CPU us/req':>17} {'non-2xx':>8}")
 med={}
 cpu_med={}
+serial=[x for x in rows if x[0]=="serial"]
+rows=[x for x in rows if x[0]!="serial"]
 summary={"non2xx": sum(int(x[7]) for x in rows), "rss_mib": int(sys.argv[2])/1024, "open_p99_ms": {}}
 p99_med={}
 for t in ("direct","nginx","gateway","shared","shared+lim","single"):
@@ -241,6 +253,17 @@ for t, what in (("shared", "a grant without limits: the cool-down check"),
         print(f"shared state, {what}: {med[t]:.0f} req/s ({med[t]/med['gateway']:.2f}x the gateway without), "
               f"gateway CPU {cpu_med[t]-cpu_med['gateway']:+.1f} us/req, Redis CPU {redis:.1f} us/req, "
               f"closed-loop p99 {p99_med[t]-p99_med['gateway']:+.3f} ms")
+if serial:
+    print("\none request at a time (wrk -t1 -c1): median of the reps")
+    sm={}
+    for t in ("gateway","shared","shared+lim"):
+        r=[x for x in serial if x[1]==t]
+        if not r: continue
+        sm[t]=(statistics.median([ms(x[3]) for x in r]), statistics.median([ms(x[4]) for x in r]))
+        print(f"{t:10} p50 {sm[t][0]:.3f} ms  p99 {sm[t][1]:.3f} ms")
+    for t in ("shared","shared+lim"):
+        if t in sm and "gateway" in sm:
+            print(f"the Redis round trip ({t}): p50 {sm[t][0]-sm['gateway'][0]:+.3f} ms, p99 {sm[t][1]-sm['gateway'][1]:+.3f} ms")
 op=[x for x in rows if x[0].startswith("open@")]
 if op:
     print("\nopen loop (oha, latency-corrected): median of the reps")
