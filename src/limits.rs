@@ -366,6 +366,14 @@ impl Limits {
         enforce: bool,
     ) -> Result<QuotaTaken<'a>, Limited> {
         let share = share.max(1);
+        // The audit's detail says when a replica's share decided.
+        let of_share = |limit: u64| {
+            if share > 1 {
+                format!(" (this replica's share {limit} while the shared state is unavailable)")
+            } else {
+                String::new()
+            }
+        };
         for g in grants {
             let Some(per_minute) = g.rate_per_minute.filter(|_| enforce) else {
                 continue;
@@ -389,8 +397,11 @@ impl Limits {
                 return Err(Limited::RateLimited {
                     retry_after_s: ceil_secs(wait).max(1),
                     detail: format!(
-                        "rate_per_minute {per_minute} for team {} on {}",
-                        g.team, g.project
+                        "rate_per_minute {} for team {} on {}{}",
+                        g.rate_per_minute.unwrap_or(per_minute),
+                        g.team,
+                        g.project,
+                        of_share(u64::from(per_minute))
                     ),
                 });
             }
@@ -412,7 +423,12 @@ impl Limits {
                     // Units already taken by this request go back on drop.
                     return Err(Limited::QuotaExceeded {
                         retry_after_s: left,
-                        detail: format!("daily_quota {quota} for team {} on {}", g.team, g.project),
+                        detail: format!(
+                            "daily_quota {quota} for team {} on {}{}",
+                            g.team,
+                            g.project,
+                            of_share(quota / u64::from(share))
+                        ),
                     });
                 }
                 d.used += 1;

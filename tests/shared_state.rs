@@ -269,6 +269,16 @@ async fn a_hung_redis_fails_single_use_closed_and_quotas_to_a_share_then_recover
         .filter(|r| r["phase"] == "attempt")
         .collect();
     assert!(local.iter().all(|r| r["limits"] == "local"));
+    // The refusal's record says a replica's share decided it.
+    let refused = fleet[1]
+        .audit_records(&w)
+        .into_iter()
+        .rfind(|r| r["reason"] == "quota_exceeded")
+        .unwrap();
+    assert_eq!(
+        refused["detail"],
+        "daily_quota 6 for team ops on marketing-prod (this replica's share 3 while the shared state is unavailable)"
+    );
     let metrics = fleet[0].metrics();
     assert!(metrics.contains("batch_gateway_shared_state_breaker_open 1"));
     assert!(metrics.contains("batch_gateway_shared_state_fallbacks_total{kind=\"single_use\"}"));
