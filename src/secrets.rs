@@ -191,6 +191,10 @@ impl Freshness {
     }
 }
 
+fn timed_out() -> SourceError {
+    SourceError::Unavailable("the secret source did not answer in time".into())
+}
+
 /// Bounds a fetch from a source that has no timeout of its own (the file).
 pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -365,9 +369,7 @@ impl SecretCache {
         self.count("miss");
         let stale = cached.filter(|e| e.fetched.elapsed() < ttl + self.inner.stale);
         let failure = self.failure(path);
-        let backing_off = failure
-            .as_ref()
-            .is_some_and(|f| Instant::now() < f.retry_at);
+        let backing_off = self.backing_off(failure.as_ref());
         let flight = self.flight(path);
         if let Some(e) = stale {
             if !backing_off && let Ok(_turn) = flight.clone().try_lock_owned() {
@@ -384,9 +386,7 @@ impl SecretCache {
         }
         let waiting = Instant::now();
         let Ok(_turn) = tokio::time::timeout(self.inner.fetch_timeout, flight.lock()).await else {
-            return Err(SourceError::Unavailable(
-                "the secret source did not answer in time".into(),
-            ));
+            return Err(timed_out());
         };
         // The fetch we waited for may have succeeded, or failed: share it.
         if let Some(e) = self.inner.cache.get(path).await
@@ -432,7 +432,16 @@ impl SecretCache {
         }
     }
 
+    fn backing_off(&self, failure: Option<&Failure>) -> bool {
+        failure.is_some_and(|f| Instant::now() < f.retry_at)
+    }
+
+    /// A refresh before the TTL ends; skipped while a failed fetch backs
+    /// off, so that a failing source is not asked once per cache hit.
     fn refresh_in_background(&self, path: &str) {
+        if self.backing_off(self.failure(path).as_ref()) {
+            return;
+        }
         let flight = self.flight(path);
         let Ok(turn) = flight.try_lock_owned() else {
             return; // a refresh is already running
@@ -451,11 +460,7 @@ impl SecretCache {
         let cached = self.inner.cache.get(path).await;
         let answer = tokio::time::timeout(self.inner.fetch_timeout, self.inner.source.fetch(path))
             .await
-            .unwrap_or_else(|_| {
-                Err(SourceError::Unavailable(
-                    "the secret source did not answer in time".into(),
-                ))
-            });
+            .unwrap_or_else(|_| Err(timed_out()));
         if let Err(e @ SourceError::Unavailable(_)) = &answer {
             self.record_failure(path, e);
         } else {

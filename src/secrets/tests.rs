@@ -240,3 +240,23 @@ fn a_broken_secrets_file_error_never_quotes_its_content() {
     assert!(msg.contains("not a valid secrets file"), "{msg}");
     assert!(!msg.contains("supersecret"), "{msg}");
 }
+
+/// In the last fifth of the TTL each hit started a background refresh;
+/// against a failing source that was one failed read per request. The
+/// refresh now waits out the backoff too.
+#[tokio::test]
+async fn background_refreshes_back_off_from_a_failing_source() {
+    let (src, c) = cache(1_000, 60_000);
+    assert!(c.get("p").await.is_ok());
+    set(&src, Err(SourceError::Unavailable("refused".into())));
+    tokio::time::sleep(Duration::from_millis(850)).await;
+    for _ in 0..20 {
+        assert_eq!(c.get("p").await.map(|r| r.1).ok(), Some(Freshness::Cached));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let calls = src.calls.load(Ordering::SeqCst);
+    assert!(
+        calls <= 3,
+        "warm-up + one failed refresh (two if the backoff ran out), not {calls}"
+    );
+}
