@@ -45,6 +45,7 @@ fn principal() -> Principal {
         iss: ISS.into(),
         sub: "svc".into(),
         teams: vec!["growth".into()],
+        memberships: Vec::new(),
         jti: None,
         exp: now_s() + 600,
         binding: Default::default(),

@@ -84,6 +84,12 @@ async fn readyz(app: &App) -> Response<Full<Bytes>> {
             "issuers": issuers,
         }
     });
+    // Why an issuer's keys are stale or unavailable (a failed fetch, a
+    // discovery document naming another issuer): what the operator fixes.
+    let problems: BTreeMap<_, _> = state.authn.key_set_problems().into_iter().collect();
+    if !problems.is_empty() {
+        body["checks"]["issuer_errors"] = json!(problems);
+    }
     // A degraded shared state leaves the pod ready: every replica turning
     // not-ready at once would make a cache outage a delete outage. It is
     // named at the top and among the checks.

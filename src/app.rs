@@ -45,7 +45,7 @@ pub struct State {
 
 impl State {
     async fn build(config: Config) -> Result<State, BuildError> {
-        let authn = Authenticator::new(&config.auth)?;
+        let authn = Authenticator::new(&config.auth, &config.teams)?;
         authn.start().await;
         let upstream = Upstream::new(&config.upstream)?;
         Ok(State {
@@ -103,7 +103,7 @@ impl App {
         let replay = replay::ReplayCache::new(config.auth.replay_cache_size);
         let restored = replay.rebuild_from_audit(
             &config.audit.file,
-            i64::try_from(config.auth.max_token_lifetime_s).unwrap_or(i64::MAX),
+            i64::try_from(config.auth.longest_token_lifetime_s()).unwrap_or(i64::MAX),
             i64::try_from(config.auth.leeway_s).unwrap_or(i64::MAX),
         );
         if restored > 0 {
@@ -141,7 +141,7 @@ impl App {
                 let leeway = i64::try_from(config.auth.leeway_s).unwrap_or(i64::MAX);
                 let trail = crate::shared::Trail {
                     live: config.audit.file.clone(),
-                    window_s: i64::try_from(config.auth.max_token_lifetime_s)
+                    window_s: i64::try_from(config.auth.longest_token_lifetime_s())
                         .unwrap_or(i64::MAX)
                         .saturating_add(leeway.saturating_mul(2)),
                     leeway_s: leeway,

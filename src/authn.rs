@@ -7,6 +7,11 @@
 //! signature with a `Validation` built from the issuer's config; this module
 //! adds what jsonwebtoken leaves out (size cap, duplicate names, `crit`,
 //! claim JSON types, `iat` in the future, the lifetime cap, the team claim).
+//!
+//! A caller's teams come from two places, both decided on verified claims
+//! only: the issuer's team claim (a claim name or a JSON Pointer, the
+//! issuer's own or `[auth]`'s), and `[[teams.members]]` entries matching the
+//! token's `(iss, sub)`. A token with neither is refused.
 
 pub mod jwks;
 pub mod keys;
@@ -22,7 +27,7 @@ use serde_json::Value;
 use sha2::Digest;
 
 use crate::audit::record::Unverified;
-use crate::config::AuthConfig;
+use crate::config::{AuthConfig, TeamClaim, TeamConfig};
 use crate::json::{Members, parse_object};
 
 /// Tokens longer than this are refused before any decoding.
@@ -33,8 +38,12 @@ pub const MAX_TOKEN_BYTES: usize = 8192;
 pub struct Principal {
     pub iss: String,
     pub sub: String,
-    /// Every team the team claim names (a string or an array of strings).
+    /// Every team the caller belongs to: those its team claim names (a
+    /// string or an array of strings), then those whose members match its
+    /// `(iss, sub)`, each once.
     pub teams: Vec<String>,
+    /// Why the caller belongs to each team (what `policy explain` shows).
+    pub memberships: Vec<Membership>,
     pub jti: Option<String>,
     pub exp: i64,
     /// Request-binding claims, when the token carries them.
@@ -42,6 +51,44 @@ pub struct Principal {
     /// The caller as audit records name it, fingerprint included, built on
     /// the first request that uses this verified token.
     pub recorded: crate::common::Memo<Arc<crate::audit::record::Caller>>,
+}
+
+/// One team a caller belongs to, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    pub team: String,
+    pub via: Via,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Via {
+    /// The team claim (as configured: a name or a JSON Pointer) named it.
+    Claim(String),
+    /// `teams[team].members[member]` matched the token's `(iss, sub)`.
+    Member { team: usize, member: usize },
+    /// Given by hand (`policy explain --team`), never by a token.
+    Given,
+}
+
+/// The teams whose `[[teams.members]]` match a verified `(iss, sub)`.
+pub fn teams_by_subject(teams: &[TeamConfig], iss: &str, sub: &str) -> Vec<Membership> {
+    teams
+        .iter()
+        .enumerate()
+        .flat_map(|(ti, t)| {
+            t.members
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| m.matches(iss, sub))
+                .map(move |(mi, _)| Membership {
+                    team: t.name.clone(),
+                    via: Via::Member {
+                        team: ti,
+                        member: mi,
+                    },
+                })
+        })
+        .collect()
 }
 
 /// The request-binding claims `htm`, `htu`, `bh` (after DPoP).
@@ -103,8 +150,13 @@ struct Issuer {
     algorithms: Vec<Algorithm>,
     keys: Vec<DecodingKey>,
     jwks: Option<std::sync::Arc<jwks::Jwks>>,
-    typ: Option<String>,
-    validation: Validation,
+    /// The header `typ` values accepted; empty: any (or none).
+    typ: Vec<String>,
+    max_lifetime_s: i64,
+    team_claim: TeamClaim,
+    /// One per pinned algorithm: jsonwebtoken refuses a validation whose
+    /// algorithms span key families (an issuer pinning RS256 and ES256).
+    validations: Vec<(Algorithm, Validation)>,
 }
 
 /// Why the authenticator cannot be built.
@@ -161,8 +213,8 @@ const VERIFIED_CACHE_SIZE: u64 = 100_000;
 pub struct Authenticator {
     issuers: Vec<Issuer>,
     leeway_s: i64,
-    max_lifetime_s: i64,
-    team_claim: String,
+    /// For their `[[teams.members]]`.
+    teams: Vec<TeamConfig>,
     verified: moka::sync::Cache<[u8; 32], CachedToken>,
     /// Full verifications performed (signature checks), for tests and benches.
     pub full_verifications: std::sync::atomic::AtomicU64,
@@ -171,7 +223,8 @@ pub struct Authenticator {
 impl Authenticator {
     /// Loads every issuer's keys; fails on the first unusable key file.
     /// Key sets (JWKS) start empty: [`Authenticator::start`] fetches them.
-    pub fn new(auth: &AuthConfig) -> Result<Self, AuthnBuildError> {
+    /// `teams` gives the `[[teams.members]]` entries.
+    pub fn new(auth: &AuthConfig, teams: &[TeamConfig]) -> Result<Self, AuthnBuildError> {
         let mut issuers = Vec::new();
         for iss in &auth.issuers {
             let keys = iss
@@ -179,20 +232,17 @@ impl Authenticator {
                 .iter()
                 .map(|p| keys::load_public_key(p, &iss.algorithms))
                 .collect::<Result<Vec<_>, _>>()?;
-            let mut validation = Validation::new(iss.algorithms[0]);
-            validation.algorithms = iss.algorithms.clone();
-            validation.required_spec_claims = ["exp", "iss", "aud", "sub"]
+            let validations = iss
+                .algorithms
                 .iter()
-                .map(|s| s.to_string())
-                .collect::<HashSet<_>>();
-            validation.leeway = auth.leeway_s;
-            validation.validate_exp = true;
-            validation.validate_nbf = true;
-            validation.validate_aud = true;
-            validation.set_issuer(&[iss.issuer.as_str()]);
-            validation.set_audience(&auth.audiences);
+                .map(|alg| (*alg, validation_for(*alg, auth, &iss.issuer)))
+                .collect();
             let jwks = match &iss.jwks {
-                Some(j) => Some(std::sync::Arc::new(jwks::Jwks::new(j, &iss.algorithms)?)),
+                Some(j) => Some(std::sync::Arc::new(jwks::Jwks::new(
+                    j,
+                    &iss.algorithms,
+                    &iss.issuer,
+                )?)),
                 None => None,
             };
             issuers.push(Issuer {
@@ -201,14 +251,22 @@ impl Authenticator {
                 keys,
                 jwks,
                 typ: iss.typ.clone(),
-                validation,
+                max_lifetime_s: i64::try_from(
+                    iss.max_token_lifetime_s
+                        .unwrap_or(auth.max_token_lifetime_s),
+                )
+                .unwrap_or(i64::MAX),
+                team_claim: iss
+                    .team_claim
+                    .clone()
+                    .unwrap_or_else(|| auth.team_claim.clone()),
+                validations,
             });
         }
         Ok(Authenticator {
             issuers,
             leeway_s: i64::try_from(auth.leeway_s).unwrap_or(i64::MAX),
-            max_lifetime_s: i64::try_from(auth.max_token_lifetime_s).unwrap_or(i64::MAX),
-            team_claim: auth.team_claim.clone(),
+            teams: teams.to_vec(),
             verified: moka::sync::Cache::builder()
                 .max_capacity(VERIFIED_CACHE_SIZE)
                 .expire_after(UntilExpiry)
@@ -246,6 +304,15 @@ impl Authenticator {
                 let st = i.jwks.as_ref().map_or("ok", |j| j.state().as_str());
                 (i.name.clone(), st)
             })
+            .collect()
+    }
+
+    /// Each issuer whose last key-set fetch failed, and why (for `/readyz`:
+    /// no secret, no token, only what an operator must fix).
+    pub fn key_set_problems(&self) -> Vec<(String, String)> {
+        self.issuers
+            .iter()
+            .filter_map(|i| Some((i.name.clone(), i.jwks.as_ref()?.last_error()?)))
             .collect()
     }
 
@@ -382,11 +449,11 @@ impl Authenticator {
             .ok()
             .filter(|a| issuer.algorithms.contains(a))
             .ok_or_else(|| fail("alg_not_allowed"))?;
-        if let Some(want) = &issuer.typ {
+        if !issuer.typ.is_empty() {
             let ok = match header.get("typ") {
                 Some(Value::String(t)) => {
                     let t = t.strip_prefix("application/").unwrap_or(t);
-                    t.eq_ignore_ascii_case(want)
+                    issuer.typ.iter().any(|want| t.eq_ignore_ascii_case(want))
                 }
                 _ => false,
             };
@@ -414,7 +481,10 @@ impl Authenticator {
         }
         let mut verified = false;
         for key in &candidates {
-            match jsonwebtoken::decode::<Value>(token, key, &issuer.validation) {
+            let Some((_, validation)) = issuer.validations.iter().find(|(a, _)| *a == alg) else {
+                return Err(fail("alg_not_allowed"));
+            };
+            match jsonwebtoken::decode::<Value>(token, key, validation) {
                 Ok(_) => {
                     verified = true;
                     break;
@@ -463,33 +533,81 @@ impl Authenticator {
             });
         }
         let start = claims.iat.unwrap_or(now);
-        if claims.exp.saturating_sub(start) > self.max_lifetime_s {
+        if claims.exp.saturating_sub(start) > issuer.max_lifetime_s {
             return Err(fail("lifetime"));
         }
-        let teams = match payload.get(&self.team_claim) {
-            Some(Value::String(s)) if !s.is_empty() => vec![s.clone()],
-            Some(Value::Array(items)) if !items.is_empty() => {
-                let mut out = Vec::new();
-                for item in items {
-                    match item {
-                        Value::String(s) if !s.is_empty() => out.push(s.clone()),
-                        _ => return Err(fail("team_claim")),
-                    }
-                }
-                out
+        let memberships = memberships(issuer, &self.teams, &payload, &claims).map_err(&fail)?;
+        let mut teams: Vec<String> = Vec::new();
+        for m in &memberships {
+            if !teams.contains(&m.team) {
+                teams.push(m.team.clone());
             }
-            _ => return Err(fail("team_claim")),
-        };
+        }
         Ok(Principal {
             iss: claims.iss,
             sub: claims.sub,
             teams,
+            memberships,
             jti: claims.jti,
             exp: claims.exp,
             binding: claims.binding,
             recorded: crate::common::Memo::new(),
         })
     }
+}
+
+/// Teams claimed by the issuer's team claim, then teams whose members
+/// match `(iss, sub)`. A team claim that is present must be a non-empty
+/// string or a non-empty array of them, whatever the members say: a
+/// malformed claim is an issuer problem to see, not to guess around.
+fn memberships(
+    issuer: &Issuer,
+    teams: &[TeamConfig],
+    payload: &Members,
+    claims: &Claims,
+) -> Result<Vec<Membership>, &'static str> {
+    let claim = issuer.team_claim.as_str();
+    let by_claim = |team: &str| Membership {
+        team: team.to_string(),
+        via: Via::Claim(claim.to_string()),
+    };
+    let mut out = match issuer.team_claim.find(payload) {
+        None => Vec::new(),
+        Some(Value::String(s)) if !s.is_empty() => vec![by_claim(s)],
+        // The token's size cap bounds the array.
+        Some(Value::Array(items)) if !items.is_empty() => {
+            let mut out = Vec::new();
+            for item in items {
+                match item {
+                    Value::String(s) if !s.is_empty() => out.push(by_claim(s)),
+                    _ => return Err("team_claim"),
+                }
+            }
+            out
+        }
+        Some(_) => return Err("team_claim"),
+    };
+    out.extend(teams_by_subject(teams, &claims.iss, &claims.sub));
+    if out.is_empty() {
+        return Err("team_claim");
+    }
+    Ok(out)
+}
+
+/// What jsonwebtoken checks for one of an issuer's pinned algorithms.
+fn validation_for(alg: Algorithm, auth: &AuthConfig, issuer: &str) -> Validation {
+    let mut v = Validation::new(alg);
+    v.required_spec_claims = ["exp", "iss", "aud", "sub"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<HashSet<_>>();
+    v.leeway = auth.leeway_s;
+    v.validate_exp = true;
+    v.validate_nbf = true;
+    v.validate_aud = true;
+    v.set_issuer(&[issuer]);
+    v.set_audience(&auth.audiences);
+    v
 }
 
 /// Registered claims with the JSON types RFC 7519 gives them.

@@ -52,11 +52,17 @@ struct ExplainArgs {
     #[arg(long, env = "BATCH_GATEWAY_CONFIG")]
     config: PathBuf,
     /// The caller's team (repeat for a caller in several teams).
-    #[arg(long, required_unless_present = "token", conflicts_with = "token")]
+    #[arg(long, required_unless_present_any = ["token", "subject"], conflicts_with = "token")]
     team: Vec<String>,
     /// A caller token: verified as the gateway would, its teams used.
     #[arg(long)]
     token: Option<String>,
+    /// A verified issuer, with --subject: the teams whose [[teams.members]] match.
+    #[arg(long, requires = "subject", conflicts_with = "token")]
+    issuer: Option<String>,
+    /// A verified subject (`sub`), with --issuer.
+    #[arg(long, requires = "issuer", conflicts_with = "token")]
+    subject: Option<String>,
     /// The project alias, as in X-Batch-Project (omit as a caller would).
     #[arg(long)]
     project: Option<String>,
@@ -467,7 +473,7 @@ fn policy_explain(a: &ExplainArgs) -> ExitCode {
                 .map_err(|e| e.to_string())
                 .and_then(|rt| {
                     rt.block_on(async {
-                        let authn = crate::authn::Authenticator::new(&cfg.auth)
+                        let authn = crate::authn::Authenticator::new(&cfg.auth, &cfg.teams)
                             .map_err(|e| e.to_string())?;
                         authn.start().await;
                         authn
@@ -484,18 +490,60 @@ fn policy_explain(a: &ExplainArgs) -> ExitCode {
                 }
             }
         }
-        None => std::sync::Arc::new(crate::authn::Principal {
-            iss: "-".into(),
-            sub: "-".into(),
-            teams: a.team.clone(),
-            jti: None,
-            exp: 0,
-            binding: Default::default(),
-            recorded: crate::common::Memo::new(),
+        None => std::sync::Arc::new({
+            use crate::authn::{Membership, Via};
+            let mut memberships: Vec<Membership> = a
+                .team
+                .iter()
+                .map(|t| Membership {
+                    team: t.clone(),
+                    via: Via::Given,
+                })
+                .collect();
+            if let (Some(iss), Some(sub)) = (&a.issuer, &a.subject) {
+                memberships.extend(crate::authn::teams_by_subject(&cfg.teams, iss, sub));
+            }
+            let mut teams: Vec<String> = Vec::new();
+            for m in &memberships {
+                if !teams.contains(&m.team) {
+                    teams.push(m.team.clone());
+                }
+            }
+            crate::authn::Principal {
+                iss: a.issuer.clone().unwrap_or_else(|| "-".into()),
+                sub: a.subject.clone().unwrap_or_else(|| "-".into()),
+                teams,
+                memberships,
+                jti: None,
+                exp: 0,
+                binding: Default::default(),
+                recorded: crate::common::Memo::new(),
+            }
         }),
     };
     let headers: Vec<&str> = a.project.iter().map(String::as_str).collect();
-    say!("teams: {}", principal.teams.join(", "));
+    if principal.teams.is_empty() {
+        say!("teams: none (no team claim, and no [[teams.members]] entry matches)");
+    } else {
+        say!("teams: {}", principal.teams.join(", "));
+    }
+    for m in &principal.memberships {
+        use crate::authn::Via;
+        match &m.via {
+            Via::Given => say!("team {}: given with --team", m.team),
+            Via::Claim(claim) => say!("team {}: named by the token's team claim {claim}", m.team),
+            Via::Member { team, member } => {
+                let entry = cfg.teams.get(*team).and_then(|t| t.members.get(*member));
+                say!(
+                    "team {}: teams[{team}].members[{member}] (issuer {}, subject {}) matches sub {}",
+                    m.team,
+                    entry.map_or("?", |e| e.issuer.as_str()),
+                    entry.map_or("?", |e| e.subject.as_str()),
+                    principal.sub
+                );
+            }
+        }
+    }
     // Explain decides on the grants alone: no request target is routed.
     match authorize(&cfg, &principal, &headers, action, "") {
         Err(f) => {

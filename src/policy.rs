@@ -218,6 +218,7 @@ daily_quota = 5
             iss: "https://idp.test".into(),
             sub: "svc".into(),
             teams: teams.iter().map(|t| t.to_string()).collect(),
+            memberships: Vec::new(),
             jti: None,
             exp: 0,
             binding: Default::default(),

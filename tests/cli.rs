@@ -257,7 +257,7 @@ async fn token_mint_signs_what_the_gateway_verifies() {
     ]);
     assert_eq!(code, 0, "{token}");
     let cfg = w.config(|_| {});
-    let authn = batch_gateway::authn::Authenticator::new(&cfg.auth).unwrap();
+    let authn = batch_gateway::authn::Authenticator::new(&cfg.auth, &cfg.teams).unwrap();
     let p = authn.verify(token.trim(), now()).await.unwrap();
     assert_eq!(p.teams, vec!["growth", "ops"]);
     assert_eq!(p.binding.htm.as_deref(), Some("POST"));

@@ -37,7 +37,7 @@ async fn the_dev_config_opens_every_file_serve_dev_writes() {
     assert_eq!(batch_gateway::preflight::check_files(&cfg), vec![]);
     assert!(cfg.upstream.dry_run);
     // The minted token is accepted by the dev config's own issuer.
-    let authn = batch_gateway::authn::Authenticator::new(&cfg.auth).unwrap();
+    let authn = batch_gateway::authn::Authenticator::new(&cfg.auth, &cfg.teams).unwrap();
     let p = authn
         .verify(&setup.token, batch_gateway::common::now_s())
         .await

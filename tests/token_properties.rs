@@ -20,7 +20,7 @@ struct Fixture {
 fn fixture() -> Fixture {
     let world = World::without_batch();
     let cfg = world.config(|_| {});
-    let authn = Authenticator::new(&cfg.auth).unwrap();
+    let authn = Authenticator::new(&cfg.auth, &cfg.teams).unwrap();
     let token = world.token("growth");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -11,6 +11,17 @@
 //!   `alg` when present) must agree with them, else the key is ignored.
 //!   Keys marked for another `use` than `sig` are ignored.
 //! * A fetched set replaces the old one whole: removed keys stop validating.
+//! * With `discovery_url` every fetch reads the OpenID Provider document
+//!   first (RFC 8414 / OIDC Discovery 1.0): its `issuer` must be exactly
+//!   the configured one, else the issuer's set is dropped (unavailable,
+//!   the reason in `/readyz`); its `jwks_uri` must be https.
+//! * Both documents are size-capped and redirects are never followed (a
+//!   3xx is a failed fetch): the URLs the config names are the only ones.
+//! * `jwks_bearer_token_file` is read at every fetch (a projected
+//!   service-account token rotates under the gateway) and sent only to the
+//!   configured URL's host, never to another host a discovery document names.
+//! * SPIFFE bundles: keys whose `use` is `jwt-svid` verify tokens; keys for
+//!   `x509-svid` (certificates, with `x5c`) never do.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -27,9 +38,11 @@ use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 
-use crate::config::JwksConfig;
+use crate::config::{JwksConfig, KeySource};
 
 const MAX_JWKS_BYTES: usize = 256 * 1024;
+const MAX_DISCOVERY_BYTES: usize = 64 * 1024;
+const MAX_BEARER_BYTES: u64 = 16 * 1024;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One usable key of the set.
@@ -77,6 +90,18 @@ pub enum FetchError {
     Timeout,
     #[error("the identity provider answered {0}")]
     Status(u16),
+    #[error("the identity provider answered {0}, a redirect (never followed)")]
+    Redirect(u16),
+    #[error("the identity provider's answer is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("the jwks_bearer_token_file cannot be read, or is not a token")]
+    BearerToken,
+    #[error(
+        "the discovery document is not an OpenID Provider configuration with an https jwks_uri"
+    )]
+    NotDiscovery,
+    #[error("the discovery document names another issuer ({0:?}); the issuer's keys are not used")]
+    DiscoveryIssuer(String),
     #[error("the JWKS document is not a key set")]
     NotASet,
     #[error("the JWKS holds no key usable with the pinned algorithms")]
@@ -84,7 +109,9 @@ pub enum FetchError {
 }
 
 pub struct Jwks {
-    url: http::Uri,
+    source: KeySource,
+    /// The configured `issuer`, which a discovery document must name.
+    issuer: String,
     client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
     pinned: Vec<Algorithm>,
     cfg: JwksConfig,
@@ -96,13 +123,20 @@ pub struct Jwks {
     /// cache entries from before no longer count.
     pub generation: AtomicU64,
     last_body: std::sync::Mutex<Vec<u8>>,
+    /// Why the last fetch failed, while it has not succeeded since.
+    last_error: std::sync::Mutex<Option<String>>,
 }
 
 impl Jwks {
-    pub fn new(cfg: &JwksConfig, pinned: &[Algorithm]) -> Result<Self, crate::tls::TlsError> {
+    pub fn new(
+        cfg: &JwksConfig,
+        pinned: &[Algorithm],
+        issuer: &str,
+    ) -> Result<Self, crate::tls::TlsError> {
         let https = crate::tls::https_connector(cfg.ca_file.as_deref(), FETCH_TIMEOUT)?;
         Ok(Jwks {
-            url: cfg.url.clone(),
+            source: cfg.source.clone(),
+            issuer: issuer.to_string(),
             client: Client::builder(TokioExecutor::new()).build(https),
             pinned: pinned.to_vec(),
             cfg: cfg.clone(),
@@ -111,7 +145,19 @@ impl Jwks {
             fetches: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             last_body: std::sync::Mutex::new(Vec::new()),
+            last_error: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Why the last fetch failed, unless one succeeded since (for `/readyz`).
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+
+    fn url(&self) -> &http::Uri {
+        match &self.source {
+            KeySource::Url(u) | KeySource::Discovery(u) => u,
+        }
     }
 
     pub fn refresh_interval(&self) -> Duration {
@@ -151,33 +197,75 @@ impl Jwks {
                     s.keys = Arc::new(keys);
                     s.last_success = Some(Instant::now());
                 }
+                if let Ok(mut e) = self.last_error.lock() {
+                    *e = None;
+                }
                 Ok(())
             }
             Err(e) => {
-                tracing::warn!(url = %self.url, error = %e, "JWKS refresh failed; keeping the last good set");
+                if let FetchError::DiscoveryIssuer(_) = e {
+                    // Not an outage: the document vouches for another
+                    // issuer. Nothing it led to is trusted any more.
+                    if let Ok(mut s) = self.state.write() {
+                        s.keys = Arc::new(Vec::new());
+                        s.last_success = None;
+                    }
+                    tracing::error!(url = %self.url(), error = %e, "discovery document names another issuer; its tokens are refused");
+                } else {
+                    tracing::warn!(url = %self.url(), error = %e, "JWKS refresh failed; keeping the last good set");
+                }
+                if let Ok(mut last) = self.last_error.lock() {
+                    *last = Some(e.to_string());
+                }
                 Err(e)
             }
         }
     }
 
-    async fn fetch(&self) -> Result<Vec<JwkKey>, FetchError> {
-        let req = http::Request::get(self.url.clone())
+    /// One GET of `url`, at most `max` bytes, with the bearer token when
+    /// `bearer` (read from its file now).
+    async fn get(&self, url: &http::Uri, bearer: bool, max: usize) -> Result<Bytes, FetchError> {
+        let mut req = http::Request::get(url.clone())
             .header(http::header::ACCEPT, "application/json")
             .body(Empty::new())
             .map_err(|_| FetchError::Transport)?;
+        if bearer && let Some(file) = &self.cfg.bearer_token_file {
+            let mut value = read_bearer(file)?;
+            value.set_sensitive(true);
+            req.headers_mut().insert(http::header::AUTHORIZATION, value);
+        }
         let resp = self
             .client
             .request(req)
             .await
             .map_err(|_| FetchError::Transport)?;
-        if resp.status() != http::StatusCode::OK {
-            return Err(FetchError::Status(resp.status().as_u16()));
+        let status = resp.status();
+        if status.is_redirection() {
+            return Err(FetchError::Redirect(status.as_u16()));
         }
-        let body = Limited::new(resp.into_body(), MAX_JWKS_BYTES)
-            .collect()
-            .await
-            .map_err(|_| FetchError::Transport)?
-            .to_bytes();
+        if status != http::StatusCode::OK {
+            return Err(FetchError::Status(status.as_u16()));
+        }
+        match Limited::new(resp.into_body(), max).collect().await {
+            Ok(body) => Ok(body.to_bytes()),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(FetchError::TooLarge(max)),
+            Err(_) => Err(FetchError::Transport),
+        }
+    }
+
+    async fn fetch(&self) -> Result<Vec<JwkKey>, FetchError> {
+        let body = match &self.source {
+            KeySource::Url(url) => self.get(url, true, MAX_JWKS_BYTES).await?,
+            KeySource::Discovery(url) => {
+                let doc = self.get(url, true, MAX_DISCOVERY_BYTES).await?;
+                let jwks_uri = parse_discovery(&doc, &self.issuer)?;
+                // The bearer token goes to the host the operator named, not
+                // to one a document names.
+                let same_host =
+                    jwks_uri.scheme() == url.scheme() && jwks_uri.authority() == url.authority();
+                self.get(&jwks_uri, same_host, MAX_JWKS_BYTES).await?
+            }
+        };
         let keys = parse_set(&body, &self.pinned)?;
         if keys.is_empty() {
             return Err(FetchError::NoUsableKey);
@@ -317,8 +405,12 @@ pub fn parse_set(body: &[u8], pinned: &[Algorithm]) -> Result<Vec<JwkKey>, Fetch
         let Ok(jwk) = serde_json::from_value::<Jwk>(item.clone()) else {
             continue;
         };
-        if matches!(&jwk.common.public_key_use, Some(u) if *u != PublicKeyUse::Signature) {
-            continue;
+        // `sig`, a SPIFFE bundle's `jwt-svid`, or no `use`: a signing key.
+        // Anything else (`enc`, SPIFFE's `x509-svid`) never verifies a token.
+        match &jwk.common.public_key_use {
+            None | Some(PublicKeyUse::Signature) => {}
+            Some(PublicKeyUse::Other(u)) if u == "jwt-svid" => {}
+            Some(_) => continue,
         }
         let algs = algs_for(&jwk, pinned);
         if algs.is_empty() {
@@ -345,6 +437,47 @@ pub fn parse_set(body: &[u8], pinned: &[Algorithm]) -> Result<Vec<JwkKey>, Fetch
         });
     }
     Ok(out)
+}
+
+/// The `jwks_uri` of an OpenID Provider configuration document whose
+/// `issuer` is exactly `issuer` (OIDC Discovery 1.0 §4.3).
+pub fn parse_discovery(body: &[u8], issuer: &str) -> Result<http::Uri, FetchError> {
+    let doc: serde_json::Value =
+        serde_json::from_slice(body).map_err(|_| FetchError::NotDiscovery)?;
+    let named = doc
+        .get("issuer")
+        .and_then(|v| v.as_str())
+        .ok_or(FetchError::NotDiscovery)?;
+    if named != issuer {
+        return Err(FetchError::DiscoveryIssuer(
+            crate::common::bounded(named, 256).to_string(),
+        ));
+    }
+    let uri = doc
+        .get("jwks_uri")
+        .and_then(|v| v.as_str())
+        .and_then(|s| s.parse::<http::Uri>().ok())
+        .ok_or(FetchError::NotDiscovery)?;
+    if uri.scheme_str() != Some("https") || uri.authority().is_none() {
+        return Err(FetchError::NotDiscovery);
+    }
+    Ok(uri)
+}
+
+/// The bearer token file's token (one trailing newline stripped) as a
+/// header value.
+fn read_bearer(file: &std::path::Path) -> Result<http::HeaderValue, FetchError> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::fs::File::open(file)
+        .and_then(|f| f.take(MAX_BEARER_BYTES + 1).read_to_string(&mut text))
+        .map_err(|_| FetchError::BearerToken)?;
+    let token = text.strip_suffix('\n').unwrap_or(&text);
+    let token = token.strip_suffix('\r').unwrap_or(token);
+    if token.is_empty() || token.len() as u64 > MAX_BEARER_BYTES {
+        return Err(FetchError::BearerToken);
+    }
+    http::HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| FetchError::BearerToken)
 }
 
 #[cfg(test)]
@@ -408,5 +541,52 @@ mod tests {
         assert!(parse_set(b"{\"keys\": 1}", &[Algorithm::EdDSA]).is_err());
         let doc = json!({"keys": [{"kty": "EC"}, {"kty": "OKP", "crv": "Ed25519", "x": ED_X}]});
         assert_eq!(algs(doc, &[Algorithm::EdDSA]).len(), 1);
+    }
+
+    #[test]
+    fn spiffe_bundles_give_jwt_authorities_only() {
+        let key = |u: &str, kid: &str| json!({"kty": "OKP", "crv": "Ed25519", "x": ED_X, "kid": kid, "use": u});
+        let doc = json!({"keys": [key("x509-svid", "x"), key("jwt-svid", "j"), key("sig", "s"), key("other", "o")],
+            "spiffe_sequence": 1});
+        let kids: Vec<_> = parse_set(doc.to_string().as_bytes(), &[Algorithm::EdDSA])
+            .unwrap_or_default()
+            .into_iter()
+            .map(|k| k.kid.unwrap_or_default())
+            .collect();
+        assert_eq!(kids, ["j", "s"]);
+    }
+
+    #[test]
+    fn a_discovery_document_must_name_the_issuer_and_an_https_key_set() {
+        let doc = |iss: &str, uri: &str| json!({"issuer": iss, "jwks_uri": uri}).to_string();
+        let ok = parse_discovery(
+            doc("https://i.test", "https://k.test/keys").as_bytes(),
+            "https://i.test",
+        );
+        assert_eq!(
+            ok.map(|u| u.to_string()).ok().as_deref(),
+            Some("https://k.test/keys")
+        );
+        // Exact comparison: no trailing-slash or case folding.
+        for iss in ["https://i.test/", "https://I.test", "https://evil.test"] {
+            assert!(matches!(
+                parse_discovery(doc(iss, "https://k.test/keys").as_bytes(), "https://i.test"),
+                Err(FetchError::DiscoveryIssuer(_))
+            ));
+        }
+        for bad in [
+            doc("https://i.test", "http://k.test/keys"),
+            doc("https://i.test", "/keys"),
+            json!({"issuer": "https://i.test"}).to_string(),
+            "[]".to_string(),
+        ] {
+            assert!(
+                matches!(
+                    parse_discovery(bad.as_bytes(), "https://i.test"),
+                    Err(FetchError::NotDiscovery)
+                ),
+                "{bad}"
+            );
+        }
     }
 }

@@ -75,7 +75,19 @@ pub(super) struct RawIssuer {
     pub(super) jwks_refresh_s: Option<u64>,
     pub(super) jwks_min_refetch_s: Option<u64>,
     pub(super) jwks_stale_max_s: Option<u64>,
-    pub(super) typ: Option<String>,
+    pub(super) typ: Option<RawTyp>,
+    pub(super) discovery_url: Option<String>,
+    pub(super) jwks_bearer_token_file: Option<String>,
+    pub(super) max_token_lifetime_s: Option<u64>,
+    pub(super) team_claim: Option<String>,
+}
+
+/// `typ`: one value, or the several an issuer uses (SPIFFE: `JWT`, `JOSE`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawTyp {
+    One(String),
+    Several(Vec<String>),
 }
 
 #[derive(Deserialize)]
@@ -151,7 +163,15 @@ pub(super) struct RawProject {
 pub(super) struct RawTeam {
     pub(super) name: Option<String>,
     #[serde(default)]
+    pub(super) members: Vec<RawMember>,
+    #[serde(default)]
     pub(super) grants: Vec<RawGrant>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct RawMember {
+    pub(super) issuer: Option<String>,
+    pub(super) subject: Option<String>,
 }
 
 #[derive(Deserialize)]

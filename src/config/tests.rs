@@ -75,7 +75,7 @@ fn the_minimal_config_gets_the_documented_defaults() {
     assert_eq!(c.upstream.request_timeout, Duration::from_secs(10));
     assert_eq!(c.auth.leeway_s, 30);
     assert_eq!(c.auth.max_token_lifetime_s, 900);
-    assert_eq!(c.auth.team_claim, "team");
+    assert_eq!(c.auth.team_claim.as_str(), "team");
     assert_eq!(c.secrets.cache_ttl, Duration::from_secs(300));
     assert_eq!(c.secrets.stale_if_error, Duration::from_secs(3600));
     assert!(!c.upstream.dry_run);
@@ -328,7 +328,7 @@ fn jwks_keys_need_an_https_url_and_sane_intervals() {
             Duration::from_secs(3600)
         )
     );
-    assert_eq!(c.auth.issuers[0].typ.as_deref(), Some("at+jwt"));
+    assert_eq!(c.auth.issuers[0].typ, ["at+jwt"]);
     assert_eq!(c.auth.replay_cache_size, 1_000_000);
     for (extra, key) in [
         (
@@ -522,4 +522,131 @@ fn a_vault_namespace_that_cannot_be_sent_is_refused() {
         };
         assert_eq!(v.namespace.as_deref(), Some(good));
     }
+}
+
+#[test]
+fn identities_discovery_members_and_per_issuer_rules_validate() {
+    let c = parse(
+        r#"
+[auth]
+team_claim = "/org/teams"
+[[auth.issuers]]
+discovery_url = "https://idp.test/.well-known/openid-configuration"
+jwks_bearer_token_file = "sa/token"
+max_token_lifetime_s = 3600
+team_claim = "/kubernetes.io/namespace"
+typ = ["JWT", "JOSE"]
+[[teams]]
+[[teams.members]]
+issuer = "https://idp.test"
+subject = "system:serviceaccount:growth:*"
+"#,
+    )
+    .unwrap();
+    let i = &c.auth.issuers[0];
+    let j = i.jwks.as_ref().unwrap();
+    assert!(
+        matches!(&j.source, KeySource::Discovery(u) if u.path() == "/.well-known/openid-configuration")
+    );
+    assert_eq!(
+        j.bearer_token_file.as_deref(),
+        Some(Path::new("/etc/bgw/sa/token"))
+    );
+    assert_eq!(i.max_token_lifetime_s, Some(3600));
+    assert_eq!(c.auth.longest_token_lifetime_s(), 3600);
+    assert_eq!(
+        i.team_claim.as_ref().map(TeamClaim::as_str),
+        Some("/kubernetes.io/namespace")
+    );
+    assert_eq!(c.auth.team_claim.as_str(), "/org/teams");
+    assert_eq!(i.typ, ["JWT", "JOSE"]);
+    let m = &c.teams[0].members[0];
+    assert!(m.matches("https://idp.test", "system:serviceaccount:growth:cleaner"));
+    assert!(!m.matches("https://idp.test", "system:serviceaccount:growth-evil:x"));
+    assert!(!m.matches("https://other.test", "system:serviceaccount:growth:cleaner"));
+    assert!(!m.matches("https://idp.test", "system:serviceaccount:growth:"));
+
+    for (extra, key) in [
+        (
+            "[[auth.issuers]]\njwks_url = \"https://i/j\"\ndiscovery_url = \"https://i/d\"",
+            "auth.issuers[0].discovery_url",
+        ),
+        (
+            "[[auth.issuers]]\ndiscovery_url = \"http://i/d\"",
+            "auth.issuers[0].discovery_url",
+        ),
+        (
+            "[[auth.issuers]]\njwks_bearer_token_file = \"t\"",
+            "auth.issuers[0].jwks_bearer_token_file",
+        ),
+        (
+            "[[auth.issuers]]\nmax_token_lifetime_s = 0",
+            "auth.issuers[0].max_token_lifetime_s",
+        ),
+        (
+            "[[auth.issuers]]\nmax_token_lifetime_s = 31536000",
+            "auth.issuers[0].max_token_lifetime_s",
+        ),
+        (
+            "[auth]\nmax_token_lifetime_s = 31536000",
+            "auth.max_token_lifetime_s",
+        ),
+        (
+            "[[auth.issuers]]\nteam_claim = \"/a~2b\"",
+            "auth.issuers[0].team_claim",
+        ),
+        (
+            "[[auth.issuers]]\nteam_claim = \"//x\"",
+            "auth.issuers[0].team_claim",
+        ),
+        ("[auth]\nteam_claim = \"\"", "auth.team_claim"),
+        ("[[auth.issuers]]\ntyp = []", "auth.issuers[0].typ"),
+        (
+            "[[teams]]\n[[teams.members]]\nissuer = \"https://typo.test\"\nsubject = \"a\"",
+            "teams[0].members[0].issuer",
+        ),
+        (
+            "[[teams]]\n[[teams.members]]\nissuer = \"https://idp.test\"",
+            "teams[0].members[0].subject",
+        ),
+        (
+            "[[teams]]\n[[teams.members]]\nissuer = \"https://idp.test\"\nsubject = \"*\"",
+            "teams[0].members[0].subject",
+        ),
+        (
+            "[[teams]]\n[[teams.members]]\nissuer = \"https://idp.test\"\nsubject = \"a*b\"",
+            "teams[0].members[0].subject",
+        ),
+        (
+            "[[teams]]\n[[teams.members]]\nissuer = \"https://idp.test\"\nsubject = \"ab**\"",
+            "teams[0].members[0].subject",
+        ),
+        (
+            "[[teams]]\n[[teams.members]]\nissuer = \"https://idp.test\"\nsubjet = \"a\"",
+            "teams.0.members.0.subjet",
+        ),
+    ] {
+        let p = problems(extra);
+        assert!(p.iter().any(|s| s.starts_with(key)), "{key}: {p:?}");
+    }
+}
+
+#[test]
+fn a_team_claim_pointer_reads_nested_claims_and_escapes() {
+    let payload = crate::json::parse_object(
+        br#"{"kubernetes.io": {"namespace": "growth"}, "a/b": {"m~n": ["x"]}, "team": "t", "groups": ["g1", "g2"]}"#,
+    )
+    .unwrap();
+    let find = |c: &str| TeamClaim::parse(c).unwrap().find(&payload).cloned();
+    assert_eq!(find("/kubernetes.io/namespace"), Some("growth".into()));
+    assert_eq!(find("/a~1b/m~0n/0"), Some("x".into()));
+    assert_eq!(find("team"), Some("t".into()));
+    assert_eq!(find("/team"), Some("t".into()));
+    assert_eq!(find("/groups/1"), Some("g2".into()));
+    assert_eq!(find("/kubernetes.io/pod"), None);
+    assert_eq!(
+        find("kubernetes.io/namespace"),
+        None,
+        "not a pointer without the leading /"
+    );
 }

@@ -127,11 +127,22 @@ pub struct AuthConfig {
     /// Defaults to 900.
     pub max_token_lifetime_s: u64,
     /// Defaults to `team`.
-    pub team_claim: String,
+    pub team_claim: TeamClaim,
     /// Single-use `jti`s remembered; when full, new single-use tokens are
     /// refused. Defaults to 1 000 000.
     pub replay_cache_size: u64,
     pub issuers: Vec<IssuerConfig>,
+}
+
+impl AuthConfig {
+    /// The longest lifetime any issuer's tokens may have: how long a spent
+    /// single-use `jti` must be remembered.
+    pub fn longest_token_lifetime_s(&self) -> u64 {
+        self.issuers
+            .iter()
+            .filter_map(|i| i.max_token_lifetime_s)
+            .fold(self.max_token_lifetime_s, u64::max)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -140,14 +151,81 @@ pub struct IssuerConfig {
     pub algorithms: Vec<jsonwebtoken::Algorithm>,
     pub public_keys: Vec<PathBuf>,
     pub jwks: Option<JwksConfig>,
-    /// When set, the token header's `typ` must equal it (case-insensitive).
-    pub typ: Option<String>,
+    /// When not empty, the token header's `typ` must equal one of these
+    /// (case-insensitive, an `application/` prefix ignored).
+    pub typ: Vec<String>,
+    /// This issuer's own lifetime cap; else `[auth] max_token_lifetime_s`.
+    pub max_token_lifetime_s: Option<u64>,
+    /// This issuer's own team claim; else `[auth] team_claim`.
+    pub team_claim: Option<TeamClaim>,
+}
+
+/// Where a token names its caller's team(s): a top-level claim, or a JSON
+/// Pointer (RFC 6901) into nested claims (`/kubernetes.io/namespace`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TeamClaim(String);
+
+impl TeamClaim {
+    /// `text` as configured: a pointer when it starts with `/`. `Err` says
+    /// what is wrong with it.
+    pub fn parse(text: &str) -> Result<Self, &'static str> {
+        if text.is_empty() {
+            return Err("must not be empty");
+        }
+        if text.starts_with('/') {
+            // RFC 6901 §3: `~` is only ever followed by 0 or 1; an empty
+            // first segment would name the claim "".
+            let mut chars = text.chars().peekable();
+            while let Some(c) = chars.next() {
+                if c == '~' && !matches!(chars.next(), Some('0' | '1')) {
+                    return Err("is not a JSON Pointer: `~` must be followed by 0 or 1");
+                }
+            }
+            if text.starts_with("//") || text == "/" {
+                return Err("is not a JSON Pointer to a claim: the first segment is empty");
+            }
+        }
+        Ok(TeamClaim(text.to_string()))
+    }
+
+    /// As configured.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The value this claim names in a token's payload.
+    pub fn find<'a>(&self, payload: &'a crate::json::Members) -> Option<&'a serde_json::Value> {
+        let Some(pointer) = self.0.strip_prefix('/') else {
+            return payload.get(&self.0);
+        };
+        let (first, rest) = match pointer.find('/') {
+            Some(at) => (&pointer[..at], &pointer[at..]),
+            None => (pointer, ""),
+        };
+        let name = first.replace("~1", "/").replace("~0", "~");
+        let top = payload.get(&name)?;
+        if rest.is_empty() {
+            Some(top)
+        } else {
+            top.pointer(rest)
+        }
+    }
+}
+
+impl Default for TeamClaim {
+    fn default() -> Self {
+        TeamClaim(super::defaults::TEAM_CLAIM.to_string())
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct JwksConfig {
-    /// `https://` URL of the key set.
-    pub url: http::Uri,
+    /// Where the key set comes from.
+    pub source: KeySource,
+    /// Sent as `Authorization: Bearer` when fetching (a Kubernetes API
+    /// server asks for one); read again at every fetch, so a rotated token
+    /// is picked up.
+    pub bearer_token_file: Option<PathBuf>,
     /// Extra trust roots for the identity provider (PEM).
     pub ca_file: Option<PathBuf>,
     /// Defaults to 300 s.
@@ -156,6 +234,16 @@ pub struct JwksConfig {
     pub min_refetch: Duration,
     /// The last good set is used this long while the IdP is down. Defaults to 3600 s.
     pub stale_max: Duration,
+}
+
+/// Where an issuer's key set is fetched from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// `jwks_url`.
+    Url(http::Uri),
+    /// `discovery_url`: an OpenID Provider configuration document whose
+    /// `jwks_uri` names the set and whose `issuer` must be the issuer's.
+    Discovery(http::Uri),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -290,7 +378,33 @@ pub struct ProjectConfig {
 #[derive(Debug, Clone)]
 pub struct TeamConfig {
     pub name: String,
+    /// Tokens whose `(iss, sub)` match belong to this team, whatever
+    /// their team claim.
+    pub members: Vec<MemberConfig>,
     pub grants: Vec<GrantConfig>,
+}
+
+/// `[[teams.members]]`: an issuer and a subject pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberConfig {
+    /// Exactly one configured issuer.
+    pub issuer: String,
+    /// The subject as configured: exact, or a prefix ending in `*`.
+    pub subject: String,
+}
+
+impl MemberConfig {
+    /// The token's verified `(iss, sub)` is this member: the issuer
+    /// exactly, the subject exactly or by its prefix.
+    pub fn matches(&self, iss: &str, sub: &str) -> bool {
+        if iss != self.issuer {
+            return false;
+        }
+        match self.subject.strip_suffix('*') {
+            Some(prefix) => sub.starts_with(prefix) && sub.len() > prefix.len(),
+            None => sub == self.subject,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

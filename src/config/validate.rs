@@ -38,7 +38,11 @@ pub(super) fn validate(
         .shared_state
         .map(|s| super::shared::validate_shared_state(s, &resolve, p));
     let (projects, aliases) = projects(raw.projects, p);
-    let teams = teams(raw.teams, &aliases, p);
+    let issuers: BTreeSet<&str> = auth
+        .iter()
+        .flat_map(|a| a.issuers.iter().map(|i| i.issuer.as_str()))
+        .collect();
+    let teams = teams(raw.teams, &aliases, &issuers, p);
     Some(Config {
         source: source.to_path_buf(),
         server,
@@ -228,12 +232,17 @@ fn auth(
             if a.issuers.is_empty() {
                 p.add("auth.issuers", "at least one [[auth.issuers]] is required");
             }
-            let team_claim = a
-                .team_claim
-                .unwrap_or_else(|| defaults::TEAM_CLAIM.to_string());
-            if team_claim.is_empty() {
-                p.add("auth.team_claim", "must not be empty");
-            }
+            let team_claim = match a.team_claim {
+                None => TeamClaim::default(),
+                Some(t) => TeamClaim::parse(&t).unwrap_or_else(|why| {
+                    p.add("auth.team_claim", format!("{t:?} {why}"));
+                    TeamClaim::default()
+                }),
+            };
+            let max_token_lifetime_s = a
+                .max_token_lifetime_s
+                .unwrap_or(defaults::MAX_TOKEN_LIFETIME_S);
+            super::issuer::check_lifetime("auth.max_token_lifetime_s", max_token_lifetime_s, p);
             let mut seen = BTreeSet::new();
             let issuers = a
                 .issuers
@@ -244,9 +253,7 @@ fn auth(
             Some(AuthConfig {
                 audiences,
                 leeway_s: a.leeway_s.unwrap_or(defaults::LEEWAY_S),
-                max_token_lifetime_s: a
-                    .max_token_lifetime_s
-                    .unwrap_or(defaults::MAX_TOKEN_LIFETIME_S),
+                max_token_lifetime_s,
                 team_claim,
                 replay_cache_size,
                 issuers,
@@ -448,7 +455,12 @@ fn projects(
 }
 
 /// `[[teams]]` and their grants, naming known project aliases only.
-fn teams(raw: Vec<RawTeam>, aliases: &HashMap<String, usize>, p: &mut Problems) -> Vec<TeamConfig> {
+fn teams(
+    raw: Vec<RawTeam>,
+    aliases: &HashMap<String, usize>,
+    issuers: &BTreeSet<&str>,
+    p: &mut Problems,
+) -> Vec<TeamConfig> {
     let mut team_names = BTreeSet::new();
     let mut teams = Vec::new();
     for (i, t) in raw.into_iter().enumerate() {
@@ -461,6 +473,12 @@ fn teams(raw: Vec<RawTeam>, aliases: &HashMap<String, usize>, p: &mut Problems) 
                 format!("{name:?} is defined twice"),
             );
         }
+        let members = t
+            .members
+            .into_iter()
+            .enumerate()
+            .filter_map(|(j, m)| member(&format!("teams[{i}].members[{j}]"), m, issuers, p))
+            .collect();
         let mut grants = Vec::new();
         for (j, g) in t.grants.into_iter().enumerate() {
             let key = format!("teams[{i}].grants[{j}]");
@@ -509,9 +527,51 @@ fn teams(raw: Vec<RawTeam>, aliases: &HashMap<String, usize>, p: &mut Problems) 
                 daily_quota: g.daily_quota,
             });
         }
-        teams.push(TeamConfig { name, grants });
+        teams.push(TeamConfig {
+            name,
+            members,
+            grants,
+        });
     }
     teams
+}
+
+/// One `[[teams.members]]`: a configured issuer and a subject that is
+/// exact or a prefix ending in `*` (never `*` alone: that would be every
+/// caller of the issuer, which a team claim says better).
+fn member(
+    key: &str,
+    m: RawMember,
+    issuers: &BTreeSet<&str>,
+    p: &mut Problems,
+) -> Option<MemberConfig> {
+    let issuer = m.issuer.unwrap_or_default();
+    let subject = m.subject.unwrap_or_default();
+    let before = p.0.len();
+    if issuer.is_empty() {
+        p.add(format!("{key}.issuer"), "required");
+    } else if !issuers.contains(issuer.as_str()) {
+        p.add(
+            format!("{key}.issuer"),
+            format!("{issuer:?} is not one of the [[auth.issuers]]"),
+        );
+    }
+    if subject.is_empty() {
+        p.add(format!("{key}.subject"), "required");
+    } else if subject == "*" {
+        p.add(
+            format!("{key}.subject"),
+            "\"*\" alone would admit every subject of the issuer; give a prefix (\"spiffe://example.org/ns/growth/*\")",
+        );
+    } else if subject.trim_end_matches('*').contains('*') || subject.ends_with("**") {
+        p.add(
+            format!("{key}.subject"),
+            format!("{subject:?}: `*` may only end the subject (a prefix), once"),
+        );
+    } else if subject.len() > 512 {
+        p.add(format!("{key}.subject"), "longer than 512 bytes");
+    }
+    (p.0.len() == before).then_some(MemberConfig { issuer, subject })
 }
 
 fn ms(v: Option<u64>, default: u64) -> Duration {

@@ -5,6 +5,7 @@
 
 pub mod bao;
 pub mod h2raw;
+pub mod idp;
 pub mod k8s;
 pub mod redis;
 pub mod tls;
@@ -150,20 +151,25 @@ pub fn authenticator(
     algs: &[jsonwebtoken::Algorithm],
 ) -> batch_gateway::authn::Authenticator {
     let path = w.write(&format!("keys/{:?}.pub.pem", key.alg), &key.public_pem);
-    batch_gateway::authn::Authenticator::new(&batch_gateway::config::AuthConfig {
-        audiences: vec!["batch-gateway".into()],
-        leeway_s: 30,
-        max_token_lifetime_s: 900,
-        team_claim: "team".into(),
-        replay_cache_size: 1000,
-        issuers: vec![batch_gateway::config::IssuerConfig {
-            issuer: ISS.into(),
-            algorithms: algs.to_vec(),
-            public_keys: vec![path],
-            jwks: None,
-            typ: None,
-        }],
-    })
+    batch_gateway::authn::Authenticator::new(
+        &batch_gateway::config::AuthConfig {
+            audiences: vec!["batch-gateway".into()],
+            leeway_s: 30,
+            max_token_lifetime_s: 900,
+            team_claim: Default::default(),
+            replay_cache_size: 1000,
+            issuers: vec![batch_gateway::config::IssuerConfig {
+                issuer: ISS.into(),
+                algorithms: algs.to_vec(),
+                public_keys: vec![path],
+                jwks: None,
+                typ: Vec::new(),
+                max_token_lifetime_s: None,
+                team_claim: None,
+            }],
+        },
+        &[],
+    )
     .unwrap()
 }
 
