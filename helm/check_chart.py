@@ -201,6 +201,26 @@ def main():
         else:
             print(f"FAIL refused {scenario}: wanted a refusal containing {wanted}, got {refusals}")
             failed += 1
+    # The caller-side example: a pod whose projected token is meant for the
+    # gateway (audience batch-gateway, at most the issuer's hour).
+    with open(os.path.join(CHART, "examples", "caller-pod.yaml")) as f:
+        docs = [d for d in yaml.safe_load_all(f) if d]
+    pods = [d for d in docs if d.get("kind") == "Pod"]
+    tokens = [
+        src["serviceAccountToken"]
+        for p in pods
+        for v in p["spec"].get("volumes", [])
+        for src in v.get("projected", {}).get("sources", [])
+        if "serviceAccountToken" in src
+    ]
+    mounted = {m["name"] for p in pods for c in p["spec"]["containers"] for m in c.get("volumeMounts", [])}
+    volumes = {v["name"] for p in pods for v in p["spec"].get("volumes", [])}
+    if tokens and all(t.get("audience") == "batch-gateway" and t.get("expirationSeconds", 3600) <= 3600 for t in tokens) and volumes <= mounted:
+        print("PASS examples/caller-pod.yaml: a projected token for audience batch-gateway, mounted")
+        passed += 1
+    else:
+        print(f"FAIL examples/caller-pod.yaml: tokens {tokens}, volumes {volumes}, mounted {mounted}")
+        failed += 1
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0
 

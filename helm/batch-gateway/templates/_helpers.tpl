@@ -78,6 +78,22 @@ replicas whose limits and single-use tokens are each their own.
 {{/* The config the pods read: the operator's, plus [shared_state] from values. */}}
 {{- define "batch-gateway.config" -}}
 {{ include "batch-gateway.baseConfig" . }}
+{{- with .Values.kubernetesIssuer }}
+{{- if .enabled }}
+
+# From the chart's kubernetesIssuer values: this cluster's service accounts.
+[[auth.issuers]]
+issuer = {{ .issuer | toJson }}
+algorithms = {{ .algorithms | toJson }}
+jwks_url = {{ .jwksUrl | toJson }}
+jwks_ca_file = "/var/run/secrets/batch-gateway/kube-api/ca.crt"
+jwks_bearer_token_file = "/var/run/secrets/batch-gateway/kube-api/token"
+max_token_lifetime_s = {{ int .maxTokenLifetimeS }}
+{{- if .teamClaim }}
+team_claim = {{ .teamClaim | toJson }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- with .Values.sharedState }}
 {{- if .enabled }}
 
@@ -209,11 +225,32 @@ spec:
         - name: vault-login-token
           mountPath: /var/run/secrets/batch-gateway/vault
           readOnly: true
+        {{- if .Values.kubernetesIssuer.enabled }}
+        # The pod's token for the API server (its default audience) and the
+        # cluster CA: the key set of callers' service-account tokens.
+        - name: kube-api
+          mountPath: /var/run/secrets/batch-gateway/kube-api
+          readOnly: true
+        {{- end }}
         # Each pod writes its own chain, in a folder named after the pod.
         - name: audit
           mountPath: /var/lib/batch-gateway/audit
           subPathExpr: $(POD_NAME)
   volumes:
+    {{- if .Values.kubernetesIssuer.enabled }}
+    - name: kube-api
+      projected:
+        defaultMode: 0440
+        sources:
+          - serviceAccountToken:
+              path: token
+              expirationSeconds: 3600
+          - configMap:
+              name: kube-root-ca.crt
+              items:
+                - key: ca.crt
+                  path: ca.crt
+    {{- end }}
     - name: vault-login-token
       projected:
         defaultMode: 0440
