@@ -26,6 +26,14 @@ pub fn check_files(cfg: &Config) -> Vec<Problem> {
         {
             p.add(format!("auth.issuers[{i}].jwks_ca_file"), e.to_string());
         }
+        if let Some(file) = iss.jwks.as_ref().and_then(|j| j.bearer_token_file.as_ref())
+            && let Err(e) = crate::authn::jwks::read_bearer(file)
+        {
+            p.add(
+                format!("auth.issuers[{i}].jwks_bearer_token_file"),
+                format!("{}: {e}", file.display()),
+            );
+        }
     }
     if let Some(tls) = &cfg.server.tls
         && let Err(e) = tls::server_config(tls)

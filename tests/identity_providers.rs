@@ -709,3 +709,41 @@ async fn discovery_takes_jwks_uri_from_a_document_naming_the_same_issuer_only() 
     assert_eq!(gw.delete_new(&tok("good"), None).await.status, 401);
     assert_eq!(detail_of_last(&w), "jwks_unavailable");
 }
+
+#[tokio::test]
+async fn kubernetes_discovery_is_read_with_the_bearer_token_too() {
+    let Cluster { w, api, key } = cluster().await;
+    // The API server's own document: its jwks_uri on the same host.
+    api.publish(WELL_KNOWN, &discovery_doc(K8S, &api.url(JWKS_PATH)));
+    let mut issuer = kubernetes_issuer(&api, Some("/kubernetes.io/namespace"));
+    let obj = issuer.as_object_mut().unwrap();
+    obj.remove("jwks_url");
+    obj.insert("discovery_url".into(), api.url(WELL_KNOWN).into());
+    let gw = w.start_with(|d| push_issuer(d, issuer)).await;
+    let token = k8s_sign(&key, "k-1", &k8s_claims("growth", "cleaner", 3600));
+    assert_eq!(
+        gw.delete_new(&token, None).await.status,
+        204,
+        "{:?}",
+        last_record(&w)
+    );
+    for path in [WELL_KNOWN, JWKS_PATH] {
+        let auths = api.authorizations(path);
+        assert!(!auths.is_empty(), "{path} never fetched");
+        assert!(
+            auths
+                .iter()
+                .all(|a| a.as_deref() == Some("Bearer gw-token-1")),
+            "{path}"
+        );
+    }
+    // check-config names a bearer token file it cannot read.
+    std::fs::remove_file(w.path("sa/token")).unwrap();
+    let problems = batch_gateway::preflight::check_files(&gw.app.state().config);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.key.ends_with("jwks_bearer_token_file")),
+        "{problems:?}"
+    );
+}

@@ -466,7 +466,7 @@ pub fn parse_discovery(body: &[u8], issuer: &str) -> Result<http::Uri, FetchErro
 
 /// The bearer token file's token (one trailing newline stripped) as a
 /// header value.
-fn read_bearer(file: &std::path::Path) -> Result<http::HeaderValue, FetchError> {
+pub fn read_bearer(file: &std::path::Path) -> Result<http::HeaderValue, FetchError> {
     use std::io::Read as _;
     let mut text = String::new();
     std::fs::File::open(file)
