@@ -156,18 +156,11 @@ pub(super) fn validate_issuer(
     }
 }
 
-/// The longest token lifetime a config may allow: a day. Kubernetes can
-/// issue tokens for a year (`--service-account-extend-token-expiration`);
-/// a gateway that deletes campaigns should not honour those.
-pub(super) const LONGEST_LIFETIME_S: u64 = 86_400;
-
+/// A lifetime cap of 0 would refuse every token: a typo, not a policy.
+/// There is no upper bound (the contract sets none); docs/identity-providers.md
+/// says why a long one is a poor idea.
 pub(super) fn check_lifetime(key: &str, v: u64, p: &mut Problems) {
     if v == 0 {
         p.add(key, "must be greater than 0");
-    } else if v > LONGEST_LIFETIME_S {
-        p.add(
-            key,
-            format!("{v} is more than a day ({LONGEST_LIFETIME_S}); issue shorter-lived tokens"),
-        );
     }
 }

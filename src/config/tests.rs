@@ -584,11 +584,7 @@ subject = "system:serviceaccount:growth:*"
             "auth.issuers[0].max_token_lifetime_s",
         ),
         (
-            "[[auth.issuers]]\nmax_token_lifetime_s = 31536000",
-            "auth.issuers[0].max_token_lifetime_s",
-        ),
-        (
-            "[auth]\nmax_token_lifetime_s = 31536000",
+            "[auth]\nmax_token_lifetime_s = 0",
             "auth.max_token_lifetime_s",
         ),
         (
