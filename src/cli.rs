@@ -421,25 +421,36 @@ fn audit_query(a: QueryArgs) -> ExitCode {
         since: a.since,
         until: a.until,
     };
-    let chains = crate::audit::chains::collect_chains(&a.paths);
-    let rows = match chains.and_then(|c| crate::audit::chains::query(&c, &filter)) {
-        Ok(r) => r,
+    let chains = match crate::audit::chains::collect_chains(&a.paths) {
+        Ok(c) => c,
         Err(e) => {
             eprintln!("audit query: {e}");
             return ExitCode::from(2);
         }
     };
     match a.format {
+        // Streamed: a query over the whole trail holds one record per chain.
         Format::Json => {
-            let mut out = std::io::stdout().lock();
-            for (raw, _) in &rows {
-                use std::io::Write as _;
-                if writeln!(out, "{raw}").is_err() {
-                    break;
-                }
+            use std::io::Write as _;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let mut open = true;
+            let done = crate::audit::chains::for_each_record(&chains, &filter, |raw, _| {
+                open = open && writeln!(out, "{raw}").is_ok();
+            });
+            let _ = out.flush();
+            if let Err(e) = done {
+                eprintln!("audit query: {e}");
+                return ExitCode::from(2);
             }
         }
         Format::Table => {
+            let rows = match crate::audit::chains::query(&chains, &filter) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("audit query: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             use std::io::Write as _;
             let _ = write!(std::io::stdout().lock(), "{}", verify::table(&rows));
         }

@@ -94,13 +94,40 @@ fn sub_folders(dir: &Path) -> Result<Vec<PathBuf>, Broken> {
 /// text).
 pub fn query(chains: &[Chain], filter: &Filter) -> Result<Vec<(String, Value)>, Broken> {
     let mut rows = Vec::new();
-    for c in chains {
-        rows.extend(verify::query(&c.files, filter)?);
-    }
-    if chains.len() > 1 {
-        rows.sort_by(|a, b| ts(&a.1).cmp(ts(&b.1)));
-    }
+    for_each_record(chains, filter, |raw, rec| rows.push((raw.to_string(), rec)))?;
     Ok(rows)
+}
+
+/// Calls `f(line, record)` for the records of every chain within `filter`,
+/// merged by `ts` as [`query`] orders them, without holding them: memory
+/// is one record per chain, whatever the trail's size.
+pub fn for_each_record(
+    chains: &[Chain],
+    filter: &Filter,
+    mut f: impl FnMut(&str, Value),
+) -> Result<(), Broken> {
+    let mut sources: Vec<verify::Records<'_>> = chains
+        .iter()
+        .map(|c| verify::Records::new(&c.files, filter))
+        .collect();
+    let mut heads: Vec<Option<(String, Value)>> = Vec::with_capacity(sources.len());
+    for s in &mut sources {
+        heads.push(s.next().transpose()?);
+    }
+    // A linear scan for the earliest head: replicas are a handful.
+    while let Some(i) = heads
+        .iter()
+        .enumerate()
+        .filter_map(|(i, h)| Some((i, ts(&h.as_ref()?.1))))
+        .min_by(|a, b| a.1.cmp(b.1))
+        .map(|(i, _)| i)
+    {
+        let next = sources[i].next().transpose()?;
+        if let Some((raw, rec)) = std::mem::replace(&mut heads[i], next) {
+            f(&raw, rec);
+        }
+    }
+    Ok(())
 }
 
 fn ts(rec: &Value) -> &str {
@@ -160,5 +187,35 @@ mod tests {
         let one = collect_chains(&[dir.path().join("gw-a")]).unwrap();
         assert_eq!(one.len(), 1);
         assert_eq!(one[0].name, None);
+    }
+
+    #[test]
+    fn the_merge_keeps_each_chains_order_and_breaks_ties_by_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        // gw-a's clock stepped back once: its records still come in its order.
+        write(
+            dir.path(),
+            "gw-a/audit.jsonl",
+            &[
+                "2026-12-01T10:00:00.005Z",
+                "2026-12-01T10:00:00.001Z",
+                "2026-12-01T10:00:00.007Z",
+            ],
+        );
+        write(
+            dir.path(),
+            "gw-b/audit.jsonl",
+            &["2026-12-01T10:00:00.005Z", "2026-12-01T10:00:00.006Z"],
+        );
+        let chains = collect_chains(&[dir.path().to_path_buf()]).unwrap();
+        let mut seen = Vec::new();
+        for_each_record(&chains, &Filter::default(), |raw, rec| {
+            assert!(raw.contains(ts(&rec)));
+            seen.push(ts(&rec).to_string());
+        })
+        .unwrap();
+        let ms: Vec<&str> = seen.iter().map(|t| &t[20..23]).collect();
+        assert_eq!(ms, ["005", "001", "005", "006", "007"]);
+        assert_eq!(query(&chains, &Filter::default()).unwrap().len(), 5);
     }
 }

@@ -38,37 +38,76 @@ pub fn for_each_line(
     path: &Path,
     mut f: impl FnMut(usize, &[u8]) -> bool,
 ) -> Result<End, LineError> {
-    let io = |source| LineError::Io {
-        path: path.display().to_string(),
-        source,
-    };
-    let file = File::open(path).map_err(io)?;
-    let mut reader = BufReader::with_capacity(256 * 1024, file);
+    let mut reader = Forward::open(path)?;
     let mut line = Vec::new();
-    let mut n = 0usize;
-    loop {
-        line.clear();
-        let got = (&mut reader)
-            .take(MAX_LINE_BYTES as u64 + 1)
-            .read_until(b'\n', &mut line)
-            .map_err(io)?;
-        if got == 0 {
-            return Ok(End::Clean);
-        }
-        n += 1;
-        if line.last() != Some(&b'\n') {
-            if line.len() > MAX_LINE_BYTES {
-                return Err(LineError::TooLong {
-                    path: path.display().to_string(),
-                    line: n,
-                });
-            }
-            return Ok(End::Torn(n));
-        }
-        line.pop();
+    while let Some(n) = reader.next_line(&mut line)? {
         if !f(n, &line) {
             return Ok(End::Clean);
         }
+    }
+    Ok(reader.end())
+}
+
+/// Complete lines of a file from the first to the last, pulled one at a
+/// time (what merging several chains by `ts` needs): one buffer and one
+/// line in memory.
+pub struct Forward {
+    path: String,
+    reader: BufReader<File>,
+    n: usize,
+    end: Option<End>,
+}
+
+impl Forward {
+    pub fn open(path: &Path) -> Result<Forward, LineError> {
+        let file = File::open(path).map_err(|source| LineError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(Forward {
+            path: path.display().to_string(),
+            reader: BufReader::with_capacity(256 * 1024, file),
+            n: 0,
+            end: None,
+        })
+    }
+
+    /// The next complete line into `line` (without its newline) and its
+    /// 1-based number; `None` at the end of the file or at a torn last line.
+    pub fn next_line(&mut self, line: &mut Vec<u8>) -> Result<Option<usize>, LineError> {
+        if self.end.is_some() {
+            return Ok(None);
+        }
+        line.clear();
+        let got = (&mut self.reader)
+            .take(MAX_LINE_BYTES as u64 + 1)
+            .read_until(b'\n', line)
+            .map_err(|source| LineError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        if got == 0 {
+            self.end = Some(End::Clean);
+            return Ok(None);
+        }
+        self.n += 1;
+        if line.last() != Some(&b'\n') {
+            if line.len() > MAX_LINE_BYTES {
+                return Err(LineError::TooLong {
+                    path: self.path.clone(),
+                    line: self.n,
+                });
+            }
+            self.end = Some(End::Torn(self.n));
+            return Ok(None);
+        }
+        line.pop();
+        Ok(Some(self.n))
+    }
+
+    /// How the file ended (once `next_line` returned `None`).
+    pub fn end(self) -> End {
+        self.end.unwrap_or(End::Clean)
     }
 }
 

@@ -79,25 +79,25 @@ fn top(m: BTreeMap<String, u64>, n: usize) -> Vec<(String, u64)> {
 }
 
 /// Summarises the records of `chains` within `filter`'s period (several
-/// chains merged by `ts`).
+/// chains merged by `ts`), streamed: memory is the counts, not the records.
 pub fn build(chains: &[Chain], filter: &Filter) -> Result<Report, Broken> {
-    let rows = chains::query(chains, filter)?;
     let mut r = Report::default();
     let mut reasons = BTreeMap::new();
     let mut callers = BTreeMap::new();
-    for (_, rec) in &rows {
+    chains::for_each_record(chains, filter, |_, rec| {
+        let rec = &rec;
         let phase = s(rec, &["phase"]).unwrap_or_default();
         if phase == "repair" {
             let seq = rec.get("seq").and_then(Value::as_u64).unwrap_or(0);
             r.repairs
                 .push((seq, s(rec, &["reason"]).unwrap_or_default()));
-            continue;
+            return;
         }
         if phase == "outcome" {
             if let Some(st) = s(rec, &["upstream", "status"]) {
                 *r.upstream_statuses.entry(st).or_default() += 1;
             }
-            continue;
+            return;
         }
         if phase == "summary" {
             // Unauthenticated denials past the per-second budget, counted.
@@ -117,14 +117,14 @@ pub fn build(chains: &[Chain], filter: &Filter) -> Result<Report, Broken> {
                 }
             }
             *callers.entry("(unauthenticated)".into()).or_default() += n;
-            continue;
+            return;
         }
         if phase == "prune" {
             r.prunes += 1;
-            continue;
+            return;
         }
         if phase != "denied" && phase != "attempt" {
-            continue;
+            return;
         }
         let deny = phase == "denied";
         let bump = |c: &mut Counts| {
@@ -162,7 +162,7 @@ pub fn build(chains: &[Chain], filter: &Filter) -> Result<Report, Broken> {
                 request_id: s(rec, &["request_id"]).unwrap_or_default(),
             });
         }
-    }
+    })?;
     r.denial_reasons = top(reasons, 10);
     r.most_denied_callers = top(callers, 10);
     if r.by_replica.len() < 2 {

@@ -481,19 +481,64 @@ impl Filter {
 /// Every record of `files` (in order) that `filter` matches, as
 /// (raw line, parsed record).
 pub fn query(files: &[PathBuf], filter: &Filter) -> Result<Vec<(String, Value)>, Broken> {
-    let mut out = Vec::new();
-    for f in files {
-        lines::for_each_line(f, |_, raw| {
-            if let Ok(rec) = serde_json::from_slice::<Value>(raw)
-                && filter.matches(&rec)
-            {
-                out.push((String::from_utf8_lossy(raw).into_owned(), rec));
-            }
-            true
-        })
-        .map_err(|e| line_broken(f, &e))?;
+    Records::new(files, filter).collect()
+}
+
+/// The records of one chain's files that `filter` keeps, pulled one at a
+/// time: a chain of any size costs one line of memory.
+pub struct Records<'a> {
+    files: &'a [PathBuf],
+    filter: &'a Filter,
+    next_file: usize,
+    reader: Option<(&'a Path, lines::Forward)>,
+    line: Vec<u8>,
+}
+
+impl<'a> Records<'a> {
+    pub fn new(files: &'a [PathBuf], filter: &'a Filter) -> Records<'a> {
+        Records {
+            files,
+            filter,
+            next_file: 0,
+            reader: None,
+            line: Vec::new(),
+        }
     }
-    Ok(out)
+}
+
+impl Iterator for Records<'_> {
+    /// The record's line as written, and parsed.
+    type Item = Result<(String, Value), Broken>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.reader.is_none() {
+                let f = self.files.get(self.next_file)?;
+                self.next_file += 1;
+                match lines::Forward::open(f) {
+                    Ok(r) => self.reader = Some((f.as_path(), r)),
+                    Err(e) => return Some(Err(line_broken(f, &e))),
+                }
+            }
+            let (path, reader) = self.reader.as_mut()?;
+            match reader.next_line(&mut self.line) {
+                Err(e) => {
+                    let broken = line_broken(path, &e);
+                    self.reader = None;
+                    self.next_file = self.files.len();
+                    return Some(Err(broken));
+                }
+                Ok(None) => self.reader = None,
+                Ok(Some(_)) => {
+                    if let Ok(rec) = serde_json::from_slice::<Value>(&self.line)
+                        && self.filter.matches(&rec)
+                    {
+                        return Some(Ok((String::from_utf8_lossy(&self.line).into_owned(), rec)));
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// A fixed-width table of the columns a reviewer reads first.
