@@ -130,6 +130,10 @@ struct ReportArgs {
     /// text or json.
     #[arg(long, value_parser = ["text", "json"], default_value = "text")]
     format: String,
+    /// Ed25519 public key (PEM): the report says whether every checkpoint's
+    /// signature verifies.
+    #[arg(long)]
+    public_key: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -391,8 +395,18 @@ fn audit_report(a: ReportArgs) -> ExitCode {
         until: a.until,
         ..verify::Filter::default()
     };
+    let key = match &a.public_key {
+        None => None,
+        Some(p) => match verify::load_checkpoint_key(p) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                eprintln!("audit report: --public-key: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
     let chains = crate::audit::chains::collect_chains(&a.paths);
-    match chains.and_then(|c| crate::audit::report::build(&c, &filter)) {
+    match chains.and_then(|c| crate::audit::report::build(&c, &filter, key.as_deref())) {
         Ok(r) => {
             if a.format == "json" {
                 say!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());

@@ -682,3 +682,112 @@ async fn the_stdout_mirror_carries_exactly_the_files_lines() {
     assert_eq!(mirrored, file);
     assert_eq!(file.lines().count(), 3);
 }
+
+/// `audit report` puts integrity first: per chain its state, seq and time
+/// span, checkpoints (verified against --public-key when given) and its
+/// silences; one verdict names the first broken chain.
+#[tokio::test]
+async fn the_report_states_each_chains_integrity_and_one_verdict() {
+    let w = World::new().await;
+    signing_key(&w);
+    let gw = w
+        .start_with(|d| audit_opts(d, &[("signing_key_file", "audit-signing.pem".into())]))
+        .await;
+    for _ in 0..3 {
+        assert_eq!(gw.delete_new(&w.token("growth"), None).await.status, 204);
+    }
+    gw.stop().await;
+    let lines = w.audit_lines();
+    let k = w.path("audit-signing.pub.pem");
+    let k = k.to_str().unwrap();
+    // Two replicas: gw-0 as written, gw-1 the same trail with one record's
+    // team changed, and a silence of two hours planted by re-chaining.
+    std::fs::create_dir_all(w.path("fleet/gw-0")).unwrap();
+    std::fs::copy(w.audit_path(), w.path("fleet/gw-0/audit.jsonl")).unwrap();
+    let tampered: Vec<String> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            if i == 2 {
+                l.replacen("growth", "ops", 1)
+            } else {
+                l.clone()
+            }
+        })
+        .collect();
+    w.write("fleet/gw-1/audit.jsonl", &(tampered.join("\n") + "\n"));
+    let report = |args: &[&str]| {
+        let mut all = vec!["audit", "report", "--format", "json"];
+        all.extend_from_slice(args);
+        let (code, text) = run(&all);
+        assert_eq!(code, 0, "{text}");
+        serde_json::from_str::<Value>(&text).unwrap()
+    };
+    let fleet = w.path("fleet");
+    let r = report(&[fleet.to_str().unwrap(), "--public-key", k]);
+    let by: std::collections::HashMap<String, Value> = r["integrity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["chain"].as_str().unwrap().to_string(), c.clone()))
+        .collect();
+    assert_eq!(by["gw-0"]["state"], "ok", "{r}");
+    assert_eq!(by["gw-0"]["signatures_verified"], true);
+    assert_eq!(by["gw-0"]["first_seq"], 1);
+    assert_eq!(by["gw-0"]["last_seq"], json!(lines.len()));
+    assert!(by["gw-0"]["checkpoints"].as_u64().unwrap() >= 1);
+    assert_eq!(
+        by["gw-0"]["first_ts"],
+        serde_json::from_str::<Value>(&lines[0]).unwrap()["ts"]
+    );
+    assert_eq!(by["gw-1"]["state"], "broken", "{r}");
+    assert_eq!(by["gw-1"]["signatures_verified"], false);
+    assert!(
+        by["gw-1"]["broken_at"].as_str().unwrap().contains("seq 4"),
+        "{r}"
+    );
+    assert!(
+        r["verdict"].as_str().unwrap().starts_with("BROKEN: gw-1"),
+        "{r}"
+    );
+    // Without a key nothing is claimed about signatures.
+    let r = report(&[w.path("fleet/gw-0").to_str().unwrap()]);
+    assert_eq!(r["verdict"], "intact", "{r}");
+    assert!(r["integrity"][0].get("signatures_verified").is_none());
+    assert_eq!(r["integrity"][0]["gaps"], json!([]));
+
+    // A two-hour silence: records re-chained with their times moved.
+    let mut prev = "0".repeat(64);
+    let mut text = String::new();
+    // Checkpoints sign the heads they saw: a re-chained trail keeps none.
+    let records: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["phase"] != "checkpoint")
+        .collect();
+    for (i, mut v) in records.into_iter().enumerate() {
+        v["seq"] = json!(i + 1);
+        if i == 2 {
+            v["ts"] = "2030-01-01T10:00:00.000Z".into();
+        } else if i > 2 {
+            v["ts"] = "2030-01-01T12:00:00.000Z".into();
+        } else {
+            v["ts"] = "2030-01-01T09:59:00.000Z".into();
+        }
+        v["prev"] = prev.clone().into();
+        let line = v.to_string();
+        use sha2::Digest;
+        prev = hex::encode(sha2::Sha256::digest(line.as_bytes()));
+        text.push_str(&line);
+        text.push('\n');
+    }
+    let silent = w.write("silent/audit.jsonl", &text);
+    let r = report(&[silent.to_str().unwrap()]);
+    assert_eq!(r["integrity"][0]["state"], "ok", "{r}");
+    assert_eq!(
+        r["integrity"][0]["gaps"],
+        json!([{"after_seq": 3, "from": "2030-01-01T10:00:00.000Z", "to": "2030-01-01T12:00:00.000Z", "seconds": 7200}])
+    );
+    let (_, t) = run(&["audit", "report", silent.to_str().unwrap()]);
+    assert!(t.contains("silent 7200 s after seq 3"), "{t}");
+}

@@ -51,7 +51,59 @@ pub struct Report {
     /// from more than one.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub by_replica: BTreeMap<String, Counts>,
+    /// One verdict over every chain: `intact`, or what is wrong first.
+    pub verdict: String,
+    /// Each chain's proof of integrity, whole (not only the period).
+    pub integrity: Vec<ChainIntegrity>,
 }
+
+/// What a reviewer needs to trust one chain (one replica's trail).
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ChainIntegrity {
+    /// The replica's folder name, or `trail` for a single chain.
+    pub chain: String,
+    /// `ok`, `ok_pruned` (older files removed by retention, accounted for
+    /// by a prune record), `start_unaccounted` or `broken`.
+    pub state: &'static str,
+    /// Where the chain breaks, when it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broken_at: Option<String>,
+    pub records: u64,
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+    pub first_ts: Option<String>,
+    pub last_ts: Option<String>,
+    pub checkpoints: u64,
+    /// Whether every checkpoint's signature verified against
+    /// `--public-key`; absent without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signatures_verified: Option<bool>,
+    pub last_checkpoint_head: Option<String>,
+    /// Records after the last checkpoint (no signature covers them yet).
+    pub after_last_checkpoint: u64,
+    pub repairs: Vec<(u64, String)>,
+    pub prunes: u64,
+    pub summaries: u64,
+    /// Silences between two consecutive records longer than [`GAP_S`],
+    /// the longest first (at most [`MAX_GAPS`]).
+    pub gaps: Vec<Gap>,
+}
+
+/// A silence in one chain: no record between `from` and `to`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Gap {
+    pub after_seq: u64,
+    pub from: String,
+    pub to: String,
+    pub seconds: i64,
+}
+
+/// A silence this long in a chain is listed: a gateway in service writes
+/// at least a checkpoint a minute when signing is on, and a stopped one
+/// is worth a reviewer's look either way.
+pub const GAP_S: i64 = 3600;
+/// Gaps listed per chain.
+pub const MAX_GAPS: usize = 20;
 
 fn s(v: &Value, path: &[&str]) -> Option<String> {
     let mut cur = v;
@@ -80,7 +132,11 @@ fn top(m: BTreeMap<String, u64>, n: usize) -> Vec<(String, u64)> {
 
 /// Summarises the records of `chains` within `filter`'s period (several
 /// chains merged by `ts`), streamed: memory is the counts, not the records.
-pub fn build(chains: &[Chain], filter: &Filter) -> Result<Report, Broken> {
+pub fn build(
+    chains: &[Chain],
+    filter: &Filter,
+    public_key: Option<&[u8]>,
+) -> Result<Report, Broken> {
     let mut r = Report::default();
     let mut reasons = BTreeMap::new();
     let mut callers = BTreeMap::new();
@@ -168,6 +224,8 @@ pub fn build(chains: &[Chain], filter: &Filter) -> Result<Report, Broken> {
     if r.by_replica.len() < 2 {
         r.by_replica.clear();
     }
+    r.integrity = chains.iter().map(|c| integrity(c, public_key)).collect();
+    r.verdict = verdict(&r.integrity);
     r.chain = chains
         .iter()
         .map(|c| match &c.name {
@@ -177,6 +235,99 @@ pub fn build(chains: &[Chain], filter: &Filter) -> Result<Report, Broken> {
         .collect::<Vec<_>>()
         .join("; ");
     Ok(r)
+}
+
+/// One chain's integrity: the chain check (signatures too with
+/// `public_key`), then one streamed pass for its times and silences.
+fn integrity(chain: &Chain, public_key: Option<&[u8]>) -> ChainIntegrity {
+    let mut out = ChainIntegrity {
+        chain: chain.name.clone().unwrap_or_else(|| "trail".into()),
+        ..ChainIntegrity::default()
+    };
+    let opts = VerifyOptions {
+        allow_pruned_start: true,
+        public_key: public_key.map(<[u8]>::to_vec),
+        ..VerifyOptions::default()
+    };
+    match verify::verify(&chain.files, &opts) {
+        Ok(v) => {
+            out.state = match (v.pruned_start, v.pruned_by_retention) {
+                (false, _) => "ok",
+                (true, true) => "ok_pruned",
+                (true, false) => "start_unaccounted",
+            };
+            out.records = v.records;
+            out.first_seq = v.first_seq;
+            out.last_seq = v.last_seq;
+            out.checkpoints = v.checkpoints;
+            out.signatures_verified = public_key.map(|_| true);
+            out.last_checkpoint_head = v.last_checkpoint_head;
+            out.after_last_checkpoint = v.after_last_checkpoint;
+            out.repairs = v.repairs;
+            out.prunes = v.prunes;
+            out.summaries = v.summaries;
+        }
+        Err(b) => {
+            out.state = "broken";
+            out.broken_at = Some(b.to_string());
+            // A key was given and the chain did not verify: nothing says
+            // the signatures did.
+            out.signatures_verified = public_key.map(|_| false);
+        }
+    }
+    let parse = |ts: &str| {
+        time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).ok()
+    };
+    let mut prev: Option<(u64, String, time::OffsetDateTime)> = None;
+    for rec in verify::Records::new(&chain.files, &Filter::default()) {
+        let Ok((_, rec)) = rec else { break };
+        let Some(ts) = rec.get("ts").and_then(Value::as_str) else {
+            continue;
+        };
+        let Some(at) = parse(ts) else { continue };
+        let seq = rec.get("seq").and_then(Value::as_u64).unwrap_or(0);
+        out.first_ts.get_or_insert_with(|| ts.to_string());
+        out.last_ts = Some(ts.to_string());
+        if let Some((pseq, pts, pat)) = &prev {
+            let seconds = (at - *pat).whole_seconds();
+            if seconds > GAP_S {
+                out.gaps.push(Gap {
+                    after_seq: *pseq,
+                    from: pts.clone(),
+                    to: ts.to_string(),
+                    seconds,
+                });
+                out.gaps.sort_by_key(|g| std::cmp::Reverse(g.seconds));
+                out.gaps.truncate(MAX_GAPS);
+            }
+        }
+        prev = Some((seq, ts.to_string(), at));
+    }
+    out
+}
+
+/// One line for the top of the page: `intact`, or the first problem.
+fn verdict(chains: &[ChainIntegrity]) -> String {
+    let problem = |c: &ChainIntegrity| match c.state {
+        "broken" => Some(format!(
+            "BROKEN: {} {}",
+            c.chain,
+            c.broken_at.as_deref().unwrap_or("")
+        )),
+        "start_unaccounted" => Some(format!(
+            "INCOMPLETE: {} starts at seq {} and no prune record says why",
+            c.chain,
+            c.first_seq.unwrap_or(0)
+        )),
+        _ => None,
+    };
+    match chains.iter().find_map(problem) {
+        Some(p) => p,
+        None if chains.iter().any(|c| !c.repairs.is_empty()) => {
+            "intact, with repairs (see each chain)".into()
+        }
+        None => "intact".into(),
+    }
 }
 
 /// One chain's check, as the report states it.
@@ -210,7 +361,41 @@ impl Report {
             o.push_str(&s);
             o.push('\n');
         };
+        line(&mut o, format!("verdict: {}", esc(&self.verdict)));
         line(&mut o, format!("chain: {}", esc(&self.chain)));
+        for c in &self.integrity {
+            line(
+                &mut o,
+                format!(
+                    "  {}: {}, seq {}..{}, {} .. {}, {} checkpoints{}, {} after the last",
+                    esc(&c.chain),
+                    c.state,
+                    c.first_seq.unwrap_or(0),
+                    c.last_seq.unwrap_or(0),
+                    esc(c.first_ts.as_deref().unwrap_or("-")),
+                    esc(c.last_ts.as_deref().unwrap_or("-")),
+                    c.checkpoints,
+                    match c.signatures_verified {
+                        Some(true) => " (signatures verified)",
+                        Some(false) => " (signatures NOT verified)",
+                        None => "",
+                    },
+                    c.after_last_checkpoint
+                ),
+            );
+            for g in &c.gaps {
+                line(
+                    &mut o,
+                    format!(
+                        "    silent {} s after seq {}: {} .. {}",
+                        g.seconds,
+                        g.after_seq,
+                        esc(&g.from),
+                        esc(&g.to)
+                    ),
+                );
+            }
+        }
         line(
             &mut o,
             format!(
