@@ -202,3 +202,95 @@ async fn audit_verify_names_the_first_bad_record_and_query_filters() {
     assert_eq!(table.lines().count(), 3, "{table}");
     assert!(table.starts_with("SEQ"));
 }
+
+/// The report's deletions are the deletes Batch was sent: dry runs and
+/// refusals are not, a 404 is listed but not counted as deleted, and each
+/// entry says who, what, where and what Batch answered.
+#[tokio::test]
+async fn the_report_lists_every_forwarded_delete_with_batchs_answer() {
+    let w = World::new().await;
+    let gw = w
+        .start_with(|d| {
+            grant_of(d, 2).insert("dry_run".into(), true.into());
+        })
+        .await;
+    let ids: Vec<String> = (0..4).map(|_| campaign_id()).collect();
+    for id in &ids[..2] {
+        assert_eq!(
+            gw.delete(&w.token("growth"), None, &delete_body(id))
+                .await
+                .status,
+            204
+        );
+    }
+    let ops = gw
+        .delete(&w.token("ops"), Some("sales-prod"), &delete_body(&ids[2]))
+        .await;
+    assert_eq!(ops.status, 204);
+    // A dry run, a refusal and a request without a token: not deletions.
+    assert_eq!(gw.delete_new(&w.token("support"), None).await.status, 200);
+    assert_eq!(
+        gw.delete_new(&w.token("support"), Some("marketing-prod"))
+            .await
+            .status,
+        403
+    );
+    assert_eq!(gw.delete_new("", None).await.status, 401);
+    w.batch().force(
+        404,
+        &[("content-type", "application/json")],
+        br#"{"error_code":"21"}"#,
+    );
+    let missing = gw
+        .delete(&w.token("growth"), None, &delete_body(&ids[3]))
+        .await;
+    assert_eq!(missing.status, 404);
+    gw.stop().await;
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_batch-gateway"))
+        .args(["audit", "report", "--format", "json"])
+        .arg(w.audit_path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let d = &r["deletions"];
+    assert_eq!(d["deleted"], 3, "{d}");
+    let list = d["list"].as_array().unwrap();
+    let got: Vec<(&str, &str, &str, serde_json::Value)> = list
+        .iter()
+        .map(|e| {
+            (
+                e["campaign_id"].as_str().unwrap(),
+                e["team"].as_str().unwrap(),
+                e["project"].as_str().unwrap(),
+                e["status"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (ids[0].as_str(), "growth", "marketing-prod", json!(204)),
+            (ids[1].as_str(), "growth", "marketing-prod", json!(204)),
+            (ids[2].as_str(), "ops", "sales-prod", json!(204)),
+            (ids[3].as_str(), "growth", "marketing-prod", json!(404)),
+        ]
+    );
+    let rid = ops.header("x-request-id").unwrap();
+    assert_eq!(list[2]["request_id"], rid);
+    assert_eq!(list[2]["sub"], "svc-cleaner");
+    assert_eq!(
+        d["per_project"],
+        json!({"marketing-prod": 2, "sales-prod": 1})
+    );
+    // Per day as each deletion's own ts says (the test may cross midnight).
+    let mut want = serde_json::Map::new();
+    for e in &list[..3] {
+        let day = e["ts"].as_str().unwrap()[..10].to_string();
+        let team = e["team"].as_str().unwrap().to_string();
+        let per = want.entry(day).or_insert_with(|| json!({}));
+        per[&team] = json!(per[&team].as_u64().unwrap_or(0) + 1);
+    }
+    assert_eq!(d["per_day_team"], serde_json::Value::Object(want));
+}

@@ -51,10 +51,54 @@ pub struct Report {
     /// from more than one.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub by_replica: BTreeMap<String, Counts>,
+    /// Every forwarded delete of the period, with Batch's answer.
+    pub deletions: Deletions,
     /// One verdict over every chain: `intact`, or what is wrong first.
     pub verdict: String,
     /// Each chain's proof of integrity, whole (not only the period).
     pub integrity: Vec<ChainIntegrity>,
+}
+
+/// The deletes the gateway forwarded (not dry runs). A deletion counts in
+/// `per_day_team` and `per_project` when Batch answered 2xx; `list` holds
+/// every forwarded one, whatever Batch said (`status` absent when the
+/// trail has the attempt but no outcome: the gateway stopped in between).
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Deletions {
+    pub deleted: u64,
+    /// Day (UTC, `YYYY-MM-DD`) → team → deletions.
+    pub per_day_team: BTreeMap<String, BTreeMap<String, u64>>,
+    pub per_project: BTreeMap<String, u64>,
+    pub list: Vec<Deletion>,
+}
+
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+pub struct Deletion {
+    pub ts: String,
+    pub team: String,
+    pub sub: String,
+    pub project: String,
+    pub campaign_id: String,
+    pub status: Option<u16>,
+    pub request_id: String,
+    pub replica: String,
+}
+
+impl Deletions {
+    fn add(&mut self, d: Deletion) {
+        if d.status.is_some_and(|s| (200..300).contains(&s)) {
+            self.deleted += 1;
+            let day = d.ts.get(..10).unwrap_or_default().to_string();
+            *self
+                .per_day_team
+                .entry(day)
+                .or_default()
+                .entry(d.team.clone())
+                .or_default() += 1;
+            *self.per_project.entry(d.project.clone()).or_default() += 1;
+        }
+        self.list.push(d);
+    }
 }
 
 /// What a reviewer needs to trust one chain (one replica's trail).
@@ -140,6 +184,7 @@ pub fn build(
     let mut r = Report::default();
     let mut reasons = BTreeMap::new();
     let mut callers = BTreeMap::new();
+    let mut pending: BTreeMap<String, Deletion> = BTreeMap::new();
     chains::for_each_record(chains, filter, |_, rec| {
         let rec = &rec;
         let phase = s(rec, &["phase"]).unwrap_or_default();
@@ -152,6 +197,16 @@ pub fn build(
         if phase == "outcome" {
             if let Some(st) = s(rec, &["upstream", "status"]) {
                 *r.upstream_statuses.entry(st).or_default() += 1;
+            }
+            // Outcomes follow their attempt closely: the pending map holds
+            // only requests in flight when the records were written.
+            if let Some(mut d) = s(rec, &["request_id"]).and_then(|id| pending.remove(&id)) {
+                d.status = rec
+                    .get("upstream")
+                    .and_then(|u| u.get("status"))
+                    .and_then(Value::as_u64)
+                    .and_then(|v| u16::try_from(v).ok());
+                r.deletions.add(d);
             }
             return;
         }
@@ -210,7 +265,27 @@ pub fn build(
                 .or_default() += 1;
             let who = s(rec, &["caller", "sub"]).unwrap_or_else(|| "(unauthenticated)".into());
             *callers.entry(who).or_default() += 1;
-        } else if s(rec, &["secret_source"]).as_deref() == Some("stale") {
+        } else {
+            if rec.get("dry_run") != Some(&Value::Bool(true))
+                && let Some(id) = s(rec, &["request_id"])
+            {
+                let field = |path: &[&str]| s(rec, path).unwrap_or_else(|| "-".into());
+                pending.insert(
+                    id.clone(),
+                    Deletion {
+                        ts: field(&["ts"]),
+                        team: field(&["caller", "team"]),
+                        sub: field(&["caller", "sub"]),
+                        project: field(&["project"]),
+                        campaign_id: field(&["campaign_id"]),
+                        status: None,
+                        request_id: id,
+                        replica: field(&["replica"]),
+                    },
+                );
+            }
+        }
+        if !deny && s(rec, &["secret_source"]).as_deref() == Some("stale") {
             r.stale_secret_uses.push(StaleUse {
                 seq: rec.get("seq").and_then(Value::as_u64).unwrap_or(0),
                 ts: s(rec, &["ts"]).unwrap_or_default(),
@@ -219,6 +294,11 @@ pub fn build(
             });
         }
     })?;
+    // Attempts without an outcome: forwarded, answer unknown.
+    for (_, d) in std::mem::take(&mut pending) {
+        r.deletions.add(d);
+    }
+    r.deletions.list.sort_by(|a, b| a.ts.cmp(&b.ts));
     r.denial_reasons = top(reasons, 10);
     r.most_denied_callers = top(callers, 10);
     if r.by_replica.len() < 2 {
@@ -420,6 +500,25 @@ impl Report {
                     format!("  {:<32} allow {:>6}  deny {:>6}", esc(k), c.allow, c.deny),
                 );
             }
+        }
+        let d = &self.deletions;
+        line(
+            &mut o,
+            format!(
+                "\ndeletions: {} (Batch answered 2xx), {} forwarded",
+                d.deleted,
+                d.list.len()
+            ),
+        );
+        for (day, teams) in &d.per_day_team {
+            let per: Vec<String> = teams
+                .iter()
+                .map(|(t, n)| format!("{} {n}", esc(t)))
+                .collect();
+            line(&mut o, format!("  {day}: {}", per.join(", ")));
+        }
+        for (p, n) in &d.per_project {
+            line(&mut o, format!("  project {:<24} {n:>6}", esc(p)));
         }
         line(&mut o, "\ntop denial reasons:".into());
         for (k, n) in &self.denial_reasons {
