@@ -284,6 +284,18 @@ async fn the_report_lists_every_forwarded_delete_with_batchs_answer() {
         d["per_project"],
         json!({"marketing-prod": 2, "sales-prod": 1})
     );
+    // Refusals: the 403, then the 401 by client address (no port).
+    let refusals: u64 = r["refusals_per_day"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|by| by["forbidden"].as_u64().unwrap_or(0) + by["token_missing"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(refusals, 2, "{}", r["refusals_per_day"]);
+    assert_eq!(
+        r["unauthenticated_by_client_addr"],
+        json!([["127.0.0.1", 1]])
+    );
     // Per day as each deletion's own ts says (the test may cross midnight).
     let mut want = serde_json::Map::new();
     for e in &list[..3] {

@@ -51,6 +51,11 @@ pub struct Report {
     /// from more than one.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub by_replica: BTreeMap<String, Counts>,
+    /// Refusals per UTC day and reason (summaries included).
+    pub refusals_per_day: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Refusals of requests without a verified token, by client address
+    /// (the 10 largest; summaries' own top addresses included).
+    pub unauthenticated_by_client_addr: Vec<(String, u64)>,
     /// Every forwarded delete of the period, with Batch's answer.
     pub deletions: Deletions,
     /// One verdict over every chain: `intact`, or what is wrong first.
@@ -174,6 +179,39 @@ fn top(m: BTreeMap<String, u64>, n: usize) -> Vec<(String, u64)> {
     v
 }
 
+/// The UTC day of a record's `ts` (`YYYY-MM-DD`).
+fn day_of(rec: &Value) -> String {
+    s(rec, &["ts"])
+        .and_then(|t| t.get(..10).map(str::to_string))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// Counts by a key callers choose (a client address): at most
+/// [`BoundedCounts::MAX`] keys are kept, the rest counted under `(other)`,
+/// so a flood from many addresses costs bounded memory.
+#[derive(Default)]
+struct BoundedCounts(BTreeMap<String, u64>);
+
+impl BoundedCounts {
+    const MAX: usize = 10_000;
+    const OTHER: &'static str = "(other)";
+
+    fn add(&mut self, key: &str, n: u64) {
+        let key = crate::common::bounded(key, 64);
+        if let Some(c) = self.0.get_mut(key) {
+            *c += n;
+        } else if self.0.len() < Self::MAX {
+            self.0.insert(key.to_string(), n);
+        } else {
+            *self.0.entry(Self::OTHER.to_string()).or_default() += n;
+        }
+    }
+
+    fn top(self, n: usize) -> Vec<(String, u64)> {
+        top(self.0, n)
+    }
+}
+
 /// Summarises the records of `chains` within `filter`'s period (several
 /// chains merged by `ts`), streamed: memory is the counts, not the records.
 pub fn build(
@@ -185,6 +223,7 @@ pub fn build(
     let mut reasons = BTreeMap::new();
     let mut callers = BTreeMap::new();
     let mut pending: BTreeMap<String, Deletion> = BTreeMap::new();
+    let mut addrs = BoundedCounts::default();
     chains::for_each_record(chains, filter, |_, rec| {
         let rec = &rec;
         let phase = s(rec, &["phase"]).unwrap_or_default();
@@ -222,9 +261,21 @@ pub fn build(
             ] {
                 key.deny += n;
             }
+            let day = day_of(rec);
             if let Some(Value::Object(by)) = rec.get("by_reason") {
                 for (reason, c) in by {
-                    *reasons.entry(reason.clone()).or_default() += c.as_u64().unwrap_or(0);
+                    let c = c.as_u64().unwrap_or(0);
+                    *reasons.entry(reason.clone()).or_default() += c;
+                    *r.refusals_per_day
+                        .entry(day.clone())
+                        .or_default()
+                        .entry(reason.clone())
+                        .or_default() += c;
+                }
+            }
+            if let Some(Value::Object(by)) = rec.get("by_client_addr") {
+                for (addr, c) in by {
+                    addrs.add(addr, c.as_u64().unwrap_or(0));
                 }
             }
             *callers.entry("(unauthenticated)".into()).or_default() += n;
@@ -260,9 +311,22 @@ pub fn build(
                 .or_default(),
         );
         if deny {
-            *reasons
-                .entry(s(rec, &["reason"]).unwrap_or_default())
+            let reason = s(rec, &["reason"]).unwrap_or_default();
+            *r.refusals_per_day
+                .entry(day_of(rec))
+                .or_default()
+                .entry(reason.clone())
                 .or_default() += 1;
+            if rec.get("caller").is_none() {
+                // By address, as summaries count them: the port is the
+                // connection's, not the client's.
+                let addr = s(rec, &["client_addr"]).unwrap_or_else(|| "-".into());
+                let ip = addr
+                    .parse::<std::net::SocketAddr>()
+                    .map_or(addr, |a| a.ip().to_string());
+                addrs.add(&ip, 1);
+            }
+            *reasons.entry(reason).or_default() += 1;
             let who = s(rec, &["caller", "sub"]).unwrap_or_else(|| "(unauthenticated)".into());
             *callers.entry(who).or_default() += 1;
         } else {
@@ -299,6 +363,7 @@ pub fn build(
         r.deletions.add(d);
     }
     r.deletions.list.sort_by(|a, b| a.ts.cmp(&b.ts));
+    r.unauthenticated_by_client_addr = addrs.top(10);
     r.denial_reasons = top(reasons, 10);
     r.most_denied_callers = top(callers, 10);
     if r.by_replica.len() < 2 {
@@ -524,6 +589,18 @@ impl Report {
         for (k, n) in &self.denial_reasons {
             line(&mut o, format!("  {:<32} {n:>6}", esc(k)));
         }
+        line(&mut o, "\nrefusals per day:".into());
+        for (day, by) in &self.refusals_per_day {
+            let per: Vec<String> = by.iter().map(|(k, n)| format!("{} {n}", esc(k))).collect();
+            line(&mut o, format!("  {day}: {}", per.join(", ")));
+        }
+        line(
+            &mut o,
+            "\nunauthenticated refusals by client address:".into(),
+        );
+        for (k, n) in &self.unauthenticated_by_client_addr {
+            line(&mut o, format!("  {:<32} {n:>6}", esc(k)));
+        }
         line(&mut o, "\nmost denied callers (sub):".into());
         for (k, n) in &self.most_denied_callers {
             line(&mut o, format!("  {:<32} {n:>6}", esc(k)));
@@ -561,5 +638,23 @@ impl Report {
         );
         line(&mut o, format!("prune records: {}", self.prunes));
         o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_by_caller_chosen_keys_stay_bounded_and_add_up() {
+        let mut c = BoundedCounts::default();
+        for i in 0..(BoundedCounts::MAX + 500) {
+            c.add(&format!("10.0.{}.{}", i / 256, i % 256), 1);
+        }
+        c.add("10.0.0.0", 5);
+        assert!(c.0.len() <= BoundedCounts::MAX + 1);
+        assert_eq!(c.0.get(BoundedCounts::OTHER), Some(&500));
+        assert_eq!(c.0.values().sum::<u64>(), (BoundedCounts::MAX + 505) as u64);
+        assert_eq!(c.top(1), vec![(BoundedCounts::OTHER.to_string(), 500)]);
     }
 }
