@@ -15,6 +15,7 @@
 //! `sched` (the syncer thread's priority), `verify` and `report`
 //! (offline). The children name each other, never this file.
 
+pub mod anomalies;
 pub mod chains;
 mod file;
 pub mod keys;

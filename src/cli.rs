@@ -121,7 +121,8 @@ struct ReportArgs {
     /// Audit files, or folders holding them.
     #[arg(required = true)]
     paths: Vec<PathBuf>,
-    /// Records at or after this time (RFC 3339).
+    /// Records at or after this time (RFC 3339); default: 7 days before
+    /// --until, else before the trail's newest record.
     #[arg(long, value_parser = parse_time)]
     since: Option<time::OffsetDateTime>,
     /// Records at or before this time (RFC 3339).
@@ -134,6 +135,10 @@ struct ReportArgs {
     /// signature verifies.
     #[arg(long)]
     public_key: Option<PathBuf>,
+    /// Deletions outside these hours (UTC) are unusual: `08:00-19:00`, or
+    /// with days, `"Mon-Fri 08:00-19:00"`.
+    #[arg(long)]
+    working_hours: Option<crate::audit::anomalies::WorkingHours>,
 }
 
 #[derive(Args)]
@@ -406,7 +411,19 @@ fn audit_report(a: ReportArgs) -> ExitCode {
         },
     };
     let chains = crate::audit::chains::collect_chains(&a.paths);
-    match chains.and_then(|c| crate::audit::report::build(&c, &filter, key.as_deref())) {
+    let opts = crate::audit::report::Options {
+        public_key: key,
+        working_hours: a.working_hours,
+    };
+    // Without --since: the last 7 days of the trail (or before --until).
+    let mut filter = filter;
+    if filter.since.is_none()
+        && let Ok(c) = &chains
+        && let Some(end) = filter.until.or_else(|| crate::audit::chains::newest_ts(c))
+    {
+        filter.since = Some(end - time::Duration::days(7));
+    }
+    match chains.and_then(|c| crate::audit::report::build(&c, &filter, &opts)) {
         Ok(r) => {
             if a.format == "json" {
                 say!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());

@@ -757,30 +757,11 @@ async fn the_report_states_each_chains_integrity_and_one_verdict() {
     assert_eq!(r["integrity"][0]["gaps"], json!([]));
 
     // A two-hour silence: records re-chained with their times moved.
-    let mut prev = "0".repeat(64);
-    let mut text = String::new();
-    // Checkpoints sign the heads they saw: a re-chained trail keeps none.
-    let records: Vec<Value> = lines
-        .iter()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|v| v["phase"] != "checkpoint")
-        .collect();
-    for (i, mut v) in records.into_iter().enumerate() {
-        v["seq"] = json!(i + 1);
-        if i == 2 {
-            v["ts"] = "2030-01-01T10:00:00.000Z".into();
-        } else if i > 2 {
-            v["ts"] = "2030-01-01T12:00:00.000Z".into();
-        } else {
-            v["ts"] = "2030-01-01T09:59:00.000Z".into();
-        }
-        v["prev"] = prev.clone().into();
-        let line = v.to_string();
-        use sha2::Digest;
-        prev = hex::encode(sha2::Sha256::digest(line.as_bytes()));
-        text.push_str(&line);
-        text.push('\n');
-    }
+    let text = rechain(&lines, |i| match i {
+        0..=1 => "2030-01-01T09:59:00.000Z",
+        2 => "2030-01-01T10:00:00.000Z",
+        _ => "2030-01-01T12:00:00.000Z",
+    });
     let silent = w.write("silent/audit.jsonl", &text);
     let r = report(&[silent.to_str().unwrap()]);
     assert_eq!(r["integrity"][0]["state"], "ok", "{r}");
@@ -790,4 +771,68 @@ async fn the_report_states_each_chains_integrity_and_one_verdict() {
     );
     let (_, t) = run(&["audit", "report", silent.to_str().unwrap()]);
     assert!(t.contains("silent 7200 s after seq 3"), "{t}");
+}
+
+/// The trail's records without its checkpoints (they sign the heads they
+/// saw), renumbered and re-chained with each record's ts from `ts(i)`.
+fn rechain(lines: &[String], ts: impl Fn(usize) -> &'static str) -> String {
+    let records: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["phase"] != "checkpoint")
+        .collect();
+    let mut prev = "0".repeat(64);
+    let mut text = String::new();
+    for (i, mut v) in records.into_iter().enumerate() {
+        v["seq"] = json!(i + 1);
+        v["ts"] = ts(i).into();
+        v["prev"] = prev.clone().into();
+        let line = v.to_string();
+        use sha2::Digest;
+        prev = hex::encode(sha2::Sha256::digest(line.as_bytes()));
+        text.push_str(&line);
+        text.push('\n');
+    }
+    text
+}
+
+/// Without --since the report covers the trail's last 7 days; the records
+/// before are only the history its anomalies compare with.
+#[tokio::test]
+async fn the_report_defaults_to_the_last_seven_days_of_the_trail() {
+    let w = World::new().await;
+    let gw = w.start().await;
+    for _ in 0..4 {
+        assert_eq!(gw.delete_new(&w.token("growth"), None).await.status, 204);
+    }
+    gw.stop().await;
+    // Attempt/outcome pairs: the first two deletes three weeks earlier.
+    let text = rechain(&w.audit_lines(), |i| {
+        if i < 4 {
+            "2030-01-01T10:00:00.000Z"
+        } else {
+            "2030-01-22T10:00:00.000Z"
+        }
+    });
+    let trail = w.write("moved/audit.jsonl", &text);
+    let t = trail.to_str().unwrap();
+    let json_of = |args: &[&str]| -> Value {
+        let mut all = vec!["audit", "report", "--format", "json", t];
+        all.extend_from_slice(args);
+        let (code, out) = run(&all);
+        assert_eq!(code, 0, "{out}");
+        serde_json::from_str(&out).unwrap()
+    };
+    let recent = json_of(&[]);
+    assert_eq!(recent["deletions"]["deleted"], 2, "{recent}");
+    assert_eq!(recent["requests"]["allow"], 2);
+    let all = json_of(&["--since", "2029-12-01T00:00:00Z"]);
+    assert_eq!(all["deletions"]["deleted"], 4, "{all}");
+    let early = json_of(&["--until", "2030-01-02T00:00:00Z"]);
+    assert_eq!(early["deletions"]["deleted"], 2, "{early}");
+    // The integrity section is the whole chain's either way.
+    assert_eq!(
+        recent["integrity"][0]["first_ts"],
+        "2030-01-01T10:00:00.000Z"
+    );
 }

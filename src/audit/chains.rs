@@ -130,6 +130,29 @@ pub fn for_each_record(
     Ok(())
 }
 
+/// The newest `ts` of any chain: its last file's last complete record
+/// (read backwards, one block).
+pub fn newest_ts(chains: &[Chain]) -> Option<time::OffsetDateTime> {
+    chains
+        .iter()
+        .filter_map(|c| {
+            let last = c.files.last()?;
+            let mut back = super::lines::Backwards::open(last).ok()?;
+            while let Ok(Some(line)) = back.next_line() {
+                if let Ok(rec) = serde_json::from_slice::<Value>(&line)
+                    && let Ok(t) = time::OffsetDateTime::parse(
+                        ts(&rec),
+                        &time::format_description::well_known::Rfc3339,
+                    )
+                {
+                    return Some(t);
+                }
+            }
+            None
+        })
+        .max()
+}
+
 fn ts(rec: &Value) -> &str {
     rec.get("ts").and_then(Value::as_str).unwrap_or("")
 }

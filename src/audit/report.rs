@@ -58,6 +58,9 @@ pub struct Report {
     pub unauthenticated_by_client_addr: Vec<(String, u64)>,
     /// Every forwarded delete of the period, with Batch's answer.
     pub deletions: Deletions,
+    /// What looks unusual, each with the records behind it
+    /// (see [`super::anomalies`] for how each is decided).
+    pub anomalies: Vec<super::anomalies::Anomaly>,
     /// One verdict over every chain: `intact`, or what is wrong first.
     pub verdict: String,
     /// Each chain's proof of integrity, whole (not only the period).
@@ -179,6 +182,15 @@ fn top(m: BTreeMap<String, u64>, n: usize) -> Vec<(String, u64)> {
     v
 }
 
+/// How to build a report beyond its period.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Ed25519 public key: checkpoint signatures are verified.
+    pub public_key: Option<Vec<u8>>,
+    /// Deletions outside these hours are findings.
+    pub working_hours: Option<super::anomalies::WorkingHours>,
+}
+
 /// The UTC day of a record's `ts` (`YYYY-MM-DD`).
 fn day_of(rec: &Value) -> String {
     s(rec, &["ts"])
@@ -214,18 +226,23 @@ impl BoundedCounts {
 
 /// Summarises the records of `chains` within `filter`'s period (several
 /// chains merged by `ts`), streamed: memory is the counts, not the records.
-pub fn build(
-    chains: &[Chain],
-    filter: &Filter,
-    public_key: Option<&[u8]>,
-) -> Result<Report, Broken> {
+pub fn build(chains: &[Chain], filter: &Filter, opts: &Options) -> Result<Report, Broken> {
+    let public_key = opts.public_key.as_deref();
+    let mut detector = super::anomalies::Detector::new(opts.working_hours.clone());
     let mut r = Report::default();
     let mut reasons = BTreeMap::new();
     let mut callers = BTreeMap::new();
     let mut pending: BTreeMap<String, Deletion> = BTreeMap::new();
     let mut addrs = BoundedCounts::default();
-    chains::for_each_record(chains, filter, |_, rec| {
+    // Every record once: those before the period are the history the
+    // anomalies compare with.
+    chains::for_each_record(chains, &Filter::default(), |_, rec| {
         let rec = &rec;
+        let in_period = filter.matches(rec);
+        detector.observe(rec, in_period);
+        if !in_period {
+            return;
+        }
         let phase = s(rec, &["phase"]).unwrap_or_default();
         if phase == "repair" {
             let seq = rec.get("seq").and_then(Value::as_u64).unwrap_or(0);
@@ -364,6 +381,7 @@ pub fn build(
     }
     r.deletions.list.sort_by(|a, b| a.ts.cmp(&b.ts));
     r.unauthenticated_by_client_addr = addrs.top(10);
+    r.anomalies = detector.finish();
     r.denial_reasons = top(reasons, 10);
     r.most_denied_callers = top(callers, 10);
     if r.by_replica.len() < 2 {
@@ -584,6 +602,26 @@ impl Report {
         }
         for (p, n) in &d.per_project {
             line(&mut o, format!("  project {:<24} {n:>6}", esc(p)));
+        }
+        line(&mut o, format!("\nunusual: {}", self.anomalies.len()));
+        for a in &self.anomalies {
+            let refs: Vec<String> = a
+                .records
+                .iter()
+                .take(3)
+                .map(|r| format!("{} seq {}", esc(&r.replica), r.seq))
+                .collect();
+            line(
+                &mut o,
+                format!(
+                    "  {}: {} ({} records: {}{})",
+                    a.kind,
+                    esc(&a.subject),
+                    a.count,
+                    refs.join(", "),
+                    if a.records.len() > 3 { ", …" } else { "" }
+                ),
+            );
         }
         line(&mut o, "\ntop denial reasons:".into());
         for (k, n) in &self.denial_reasons {
