@@ -18,6 +18,7 @@
 pub mod anomalies;
 pub mod chains;
 mod file;
+pub mod html;
 pub mod keys;
 pub mod lines;
 pub mod record;

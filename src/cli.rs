@@ -128,9 +128,13 @@ struct ReportArgs {
     /// Records at or before this time (RFC 3339).
     #[arg(long, value_parser = parse_time)]
     until: Option<time::OffsetDateTime>,
-    /// text or json.
-    #[arg(long, value_parser = ["text", "json"], default_value = "text")]
+    /// text (the terminal summary), json (one document) or html (one
+    /// self-contained page with charts).
+    #[arg(long, value_parser = ["text", "json", "html"], default_value = "text")]
     format: String,
+    /// Write the report to this file instead of standard output.
+    #[arg(long)]
+    output: Option<PathBuf>,
     /// Ed25519 public key (PEM): the report says whether every checkpoint's
     /// signature verifies.
     #[arg(long)]
@@ -425,11 +429,22 @@ fn audit_report(a: ReportArgs) -> ExitCode {
     }
     match chains.and_then(|c| crate::audit::report::build(&c, &filter, &opts)) {
         Ok(r) => {
-            if a.format == "json" {
-                say!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
-            } else {
-                use std::io::Write as _;
-                let _ = write!(std::io::stdout().lock(), "{}", r.text());
+            let body = match a.format.as_str() {
+                "json" => serde_json::to_string_pretty(&r).unwrap_or_default() + "\n",
+                "html" => crate::audit::html::render(&r),
+                _ => r.text(),
+            };
+            use std::io::Write as _;
+            match &a.output {
+                Some(path) => {
+                    if let Err(e) = std::fs::write(path, body) {
+                        eprintln!("audit report: cannot write {}: {e}", path.display());
+                        return ExitCode::from(2);
+                    }
+                }
+                None => {
+                    let _ = write!(std::io::stdout().lock(), "{body}");
+                }
             }
             ExitCode::SUCCESS
         }

@@ -29,6 +29,9 @@ pub struct StaleUse {
 
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Report {
+    /// The period covered (RFC 3339), when bounded.
+    pub since: Option<String>,
+    pub until: Option<String>,
     pub requests: Counts,
     pub by_team: BTreeMap<String, Counts>,
     pub by_project: BTreeMap<String, Counts>,
@@ -229,7 +232,17 @@ impl BoundedCounts {
 pub fn build(chains: &[Chain], filter: &Filter, opts: &Options) -> Result<Report, Broken> {
     let public_key = opts.public_key.as_deref();
     let mut detector = super::anomalies::Detector::new(opts.working_hours.clone());
-    let mut r = Report::default();
+    let fmt = |t: Option<time::OffsetDateTime>| {
+        t.and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+    };
+    let mut r = Report {
+        since: fmt(filter.since),
+        until: fmt(filter.until),
+        ..Report::default()
+    };
     let mut reasons = BTreeMap::new();
     let mut callers = BTreeMap::new();
     let mut pending: BTreeMap<String, Deletion> = BTreeMap::new();
