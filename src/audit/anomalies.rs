@@ -41,6 +41,9 @@ pub const TRAILING_DAYS: i64 = 14;
 pub const MIN_HISTORY_DAYS: i64 = 7;
 pub const SIG_BURST: u64 = 10;
 pub const STREAK_MIN: u64 = 3;
+/// Bursts and streaks listed at most (the largest kept): a week-long flood
+/// of forgeries is a handful of findings, not ten thousand.
+pub const MAX_FINDINGS_PER_KIND: usize = 100;
 
 /// One record behind a finding.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -164,7 +167,10 @@ pub struct Detector {
     period_days: BTreeMap<(String, i64), Finding>,
     pending: BTreeMap<String, (String, String, RecordRef, bool)>,
     findings: BTreeMap<(&'static str, String), Finding>,
-    sig_minutes: BTreeMap<String, Finding>,
+    /// The minute being counted for a signature burst (records come in
+    /// `ts` order, so a minute is done when the next begins).
+    sig_minute: Option<(String, Finding)>,
+    sig_bursts: Vec<Anomaly>,
     streak: Finding,
     streaks: Vec<Anomaly>,
 }
@@ -200,6 +206,17 @@ fn reference(rec: &Value) -> RecordRef {
 
 fn parse_ts(ts: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).ok()
+}
+
+/// Adds `a` to `list`, keeping the [`MAX_FINDINGS_PER_KIND`] largest.
+fn keep_largest(list: &mut Vec<Anomaly>, a: Anomaly) {
+    if list.len() < MAX_FINDINGS_PER_KIND {
+        list.push(a);
+    } else if let Some((i, smallest)) = list.iter().enumerate().min_by_key(|(_, x)| x.count)
+        && smallest.count < a.count
+    {
+        list[i] = a;
+    }
 }
 
 fn day_number(at: OffsetDateTime) -> i64 {
@@ -305,14 +322,33 @@ impl Detector {
                 if s(rec, &["detail"]) == Some("bad_signature")
                     && let Some(ts) = s(rec, &["ts"])
                 {
-                    let minute = ts.get(..16).unwrap_or(ts).to_string();
-                    self.sig_minutes
-                        .entry(minute)
-                        .or_default()
-                        .add(reference(rec));
+                    let minute = ts.get(..16).unwrap_or(ts);
+                    if self.sig_minute.as_ref().is_none_or(|(m, _)| m != minute) {
+                        self.end_sig_minute();
+                        self.sig_minute = Some((minute.to_string(), Finding::default()));
+                    }
+                    if let Some((_, f)) = &mut self.sig_minute {
+                        f.add(reference(rec));
+                    }
                 }
             }
             _ => {}
+        }
+    }
+
+    fn end_sig_minute(&mut self) {
+        if let Some((minute, f)) = self.sig_minute.take()
+            && f.count >= SIG_BURST
+        {
+            keep_largest(
+                &mut self.sig_bursts,
+                Anomaly {
+                    kind: "signature_burst",
+                    subject: format!("{minute}Z: {} bad signatures", f.count),
+                    count: f.count,
+                    records: f.records,
+                },
+            );
         }
     }
 
@@ -324,18 +360,22 @@ impl Detector {
                 streak.count,
                 streak.records.first().map_or("-", |r| r.ts.as_str())
             );
-            self.streaks.push(Anomaly {
-                kind: "batch_error_streak",
-                subject,
-                count: streak.count,
-                records: streak.records,
-            });
+            keep_largest(
+                &mut self.streaks,
+                Anomaly {
+                    kind: "batch_error_streak",
+                    subject,
+                    count: streak.count,
+                    records: streak.records,
+                },
+            );
         }
     }
 
     /// Every finding, in a stable order (by kind, then subject).
     pub fn finish(mut self) -> Vec<Anomaly> {
         self.end_streak();
+        self.end_sig_minute();
         let mut out: Vec<Anomaly> = Vec::new();
         let first_day: BTreeMap<&str, i64> =
             self.per_team_day
@@ -376,16 +416,7 @@ impl Detector {
                 });
             }
         }
-        for (minute, f) in self.sig_minutes {
-            if f.count >= SIG_BURST {
-                out.push(Anomaly {
-                    kind: "signature_burst",
-                    subject: format!("{minute}Z: {} bad signatures", f.count),
-                    count: f.count,
-                    records: f.records,
-                });
-            }
-        }
+        out.extend(self.sig_bursts);
         for ((kind, subject), f) in self.findings {
             out.push(Anomaly {
                 kind,
@@ -592,5 +623,38 @@ mod tests {
         ] {
             assert!(bad.parse::<WorkingHours>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_flood_of_forgeries_is_a_bounded_number_of_findings_the_largest_kept() {
+        let mut t = Trail {
+            d: Detector::new(None),
+            seq: 0,
+        };
+        for minute in 0..150u64 {
+            // Minute m has 10 + m bad signatures.
+            for i in 0..(10 + minute) {
+                let ts = format!(
+                    "2026-11-23T{:02}:{:02}:{:02}.000Z",
+                    minute / 60,
+                    minute % 60,
+                    i % 60
+                );
+                t.rec(
+                    &ts,
+                    "denied",
+                    json!({"reason": "token_invalid", "detail": "bad_signature"}),
+                    true,
+                );
+            }
+        }
+        let found = t.d.finish();
+        assert_eq!(found.len(), MAX_FINDINGS_PER_KIND);
+        assert!(
+            found
+                .iter()
+                .all(|a| a.kind == "signature_burst" && a.count >= 60)
+        );
+        assert!(found.iter().all(|a| a.records.len() <= MAX_REFS));
     }
 }
