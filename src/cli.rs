@@ -429,22 +429,37 @@ fn audit_report(a: ReportArgs) -> ExitCode {
     }
     match chains.and_then(|c| crate::audit::report::build(&c, &filter, &opts)) {
         Ok(r) => {
-            let body = match a.format.as_str() {
-                "json" => serde_json::to_string_pretty(&r).unwrap_or_default() + "\n",
-                "html" => crate::audit::html::render(&r),
-                _ => r.text(),
-            };
             use std::io::Write as _;
-            match &a.output {
-                Some(path) => {
-                    if let Err(e) = std::fs::write(path, body) {
+            let out: Box<dyn std::io::Write> = match &a.output {
+                Some(path) => match std::fs::File::create(path) {
+                    Ok(f) => Box::new(f),
+                    Err(e) => {
                         eprintln!("audit report: cannot write {}: {e}", path.display());
                         return ExitCode::from(2);
                     }
+                },
+                None => Box::new(std::io::stdout().lock()),
+            };
+            // Written as it is made: the report's list of deletions may
+            // be long, and is never one string.
+            let mut out = std::io::BufWriter::new(out);
+            let written = match a.format.as_str() {
+                "json" => serde_json::to_writer_pretty(&mut out, &r)
+                    .map_err(std::io::Error::other)
+                    .and_then(|()| out.write_all(b"\n")),
+                "html" => {
+                    let mut w = crate::audit::html::IoFmt {
+                        inner: &mut out,
+                        error: None,
+                    };
+                    crate::audit::html::write_page(&r, &mut w);
+                    w.error.map_or(Ok(()), Err)
                 }
-                None => {
-                    let _ = write!(std::io::stdout().lock(), "{body}");
-                }
+                _ => out.write_all(r.text().as_bytes()),
+            };
+            if let Err(e) = written.and_then(|()| out.flush()) {
+                eprintln!("audit report: cannot write the report: {e}");
+                return ExitCode::from(2);
             }
             ExitCode::SUCCESS
         }

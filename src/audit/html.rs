@@ -148,14 +148,39 @@ fn stacked_bars(title: &str, data: &BTreeMap<String, BTreeMap<String, u64>>) -> 
     o
 }
 
+/// `std::io::Write` as `std::fmt::Write`, remembering the first error.
+pub struct IoFmt<W: std::io::Write> {
+    pub inner: W,
+    pub error: Option<std::io::Error>,
+}
+
+impl<W: std::io::Write> std::fmt::Write for IoFmt<W> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        if self.error.is_some() {
+            return Err(std::fmt::Error);
+        }
+        self.inner.write_all(s.as_bytes()).map_err(|e| {
+            self.error = Some(e);
+            std::fmt::Error
+        })
+    }
+}
+
 /// One JSON Pointer reference token (RFC 6901 §3).
 fn token(s: &str) -> String {
     s.replace('~', "~0").replace('/', "~1")
 }
 
-/// The page.
+/// The page, as a string.
 pub fn render(r: &Report) -> String {
     let mut o = String::new();
+    write_page(r, &mut o);
+    o
+}
+
+/// The page, written as it is made (a long list of deletions is never a
+/// string in memory).
+pub fn write_page(r: &Report, o: &mut impl std::fmt::Write) {
     let period = format!(
         "{} to {}",
         r.since.as_deref().unwrap_or("the trail's start"),
@@ -188,10 +213,10 @@ pub fn render(r: &Report) -> String {
     );
 
     // Integrity.
-    o.push_str("<h2>Integrity</h2><p class=\"muted\">Each chain (one per replica) is checked whole, whatever the period.</p><table><tr><th>chain</th><th>state</th><th class=\"n\">records</th><th>seq</th><th>first · last record</th><th class=\"n\">checkpoints</th><th>signatures</th><th class=\"n\">after last checkpoint</th><th class=\"n\">repairs</th><th class=\"n\">prunes</th><th class=\"n\">summaries</th></tr>");
+    let _ = o.write_str("<h2>Integrity</h2><p class=\"muted\">Each chain (one per replica) is checked whole, whatever the period.</p><table><tr><th>chain</th><th>state</th><th class=\"n\">records</th><th>seq</th><th>first · last record</th><th class=\"n\">checkpoints</th><th>signatures</th><th class=\"n\">after last checkpoint</th><th class=\"n\">repairs</th><th class=\"n\">prunes</th><th class=\"n\">summaries</th></tr>");
     for (i, c) in r.integrity.iter().enumerate() {
         let _ = write!(
-            o,
+            *o,
             "<tr><td>{}</td><td class=\"state-{}\" data-figure=\"/integrity/{i}/state\">{}{}</td><td class=\"n\" data-figure=\"/integrity/{i}/records\">{}</td><td>{} – {}</td><td class=\"mono\">{} · {}</td><td class=\"n\" data-figure=\"/integrity/{i}/checkpoints\">{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
             esc(&c.chain),
             c.state,
@@ -217,7 +242,7 @@ pub fn render(r: &Report) -> String {
             c.summaries
         );
     }
-    o.push_str("</table>");
+    let _ = o.write_str("</table>");
     for c in &r.integrity {
         if !c.gaps.is_empty() || !c.repairs.is_empty() {
             let _ = write!(o, "<h3>{}: silences and repairs</h3><ul>", esc(&c.chain));
@@ -234,17 +259,17 @@ pub fn render(r: &Report) -> String {
             for (seq, why) in &c.repairs {
                 let _ = write!(o, "<li>repair at seq {seq}: {}</li>", esc(why));
             }
-            o.push_str("</ul>");
+            let _ = o.write_str("</ul>");
         }
     }
 
     // Deletions.
-    o.push_str("<h2>Deletions</h2>");
-    o.push_str(&stacked_bars(
+    let _ = o.write_str("<h2>Deletions</h2>");
+    let _ = o.write_str(&stacked_bars(
         "campaigns deleted per day, by team (Batch answered 2xx)",
         &r.deletions.per_day_team,
     ));
-    o.push_str("<h3>Per day and team</h3><table><tr><th>day</th><th>team</th><th class=\"n\">deleted</th></tr>");
+    let _ = o.write_str("<h3>Per day and team</h3><table><tr><th>day</th><th>team</th><th class=\"n\">deleted</th></tr>");
     for (day, by) in &r.deletions.per_day_team {
         for (team, n) in by {
             let _ = write!(
@@ -257,12 +282,12 @@ pub fn render(r: &Report) -> String {
             );
         }
     }
-    o.push_str(
+    let _ = o.write_str(
         "</table><h3>Per project</h3><table><tr><th>project</th><th class=\"n\">deleted</th></tr>",
     );
     for (p, n) in &r.deletions.per_project {
         let _ = write!(
-            o,
+            *o,
             "<tr><td>{}</td><td class=\"n\" data-figure=\"/deletions/per_project/{}\">{n}</td></tr>",
             esc(p),
             esc(&token(p))
@@ -273,9 +298,9 @@ pub fn render(r: &Report) -> String {
         "</table><h3>Every forwarded delete (<span data-figure=\"/deletions/list#len\">{}</span>)</h3><table><tr><th>time</th><th>team</th><th>subject</th><th>project</th><th>campaign</th><th class=\"n\">Batch</th><th>request id</th><th>replica</th></tr>",
         r.deletions.list.len()
     );
-    for d in &r.deletions.list {
+    let _ = r.deletions.list.for_each(|d| {
         let _ = write!(
-            o,
+            *o,
             "<tr><td class=\"mono\">{}</td><td>{}</td><td class=\"mono\">{}</td><td>{}</td><td class=\"mono\">{}</td><td class=\"n\">{}</td><td class=\"mono\">{}</td><td>{}</td></tr>",
             esc(&d.ts),
             esc(&d.team),
@@ -286,16 +311,16 @@ pub fn render(r: &Report) -> String {
             esc(&d.request_id),
             esc(&d.replica)
         );
-    }
-    o.push_str("</table>");
+    });
+    let _ = o.write_str("</table>");
 
     // Refusals.
-    o.push_str("<h2>Refusals</h2>");
-    o.push_str(&stacked_bars(
+    let _ = o.write_str("<h2>Refusals</h2>");
+    let _ = o.write_str(&stacked_bars(
         "refusals per day, by reason",
         &r.refusals_per_day,
     ));
-    o.push_str("<table><tr><th>day</th><th>reason</th><th class=\"n\">refused</th></tr>");
+    let _ = o.write_str("<table><tr><th>day</th><th>reason</th><th class=\"n\">refused</th></tr>");
     for (day, by) in &r.refusals_per_day {
         for (reason, n) in by {
             let _ = write!(
@@ -308,32 +333,32 @@ pub fn render(r: &Report) -> String {
             );
         }
     }
-    o.push_str("</table><h3>Most refused callers</h3><table><tr><th>subject</th><th class=\"n\">refused</th></tr>");
+    let _ = o.write_str("</table><h3>Most refused callers</h3><table><tr><th>subject</th><th class=\"n\">refused</th></tr>");
     for (who, n) in &r.most_denied_callers {
         let _ = write!(
-            o,
+            *o,
             "<tr><td class=\"mono\">{}</td><td class=\"n\">{n}</td></tr>",
             esc(who)
         );
     }
-    o.push_str("</table><h3>Without a verified token, by client address</h3><table><tr><th>address</th><th class=\"n\">refused</th></tr>");
+    let _ = o.write_str("</table><h3>Without a verified token, by client address</h3><table><tr><th>address</th><th class=\"n\">refused</th></tr>");
     for (i, (addr, n)) in r.unauthenticated_by_client_addr.iter().enumerate() {
         let _ = write!(
-            o,
+            *o,
             "<tr><td class=\"mono\" data-figure=\"/unauthenticated_by_client_addr/{i}/0\">{}</td><td class=\"n\" data-figure=\"/unauthenticated_by_client_addr/{i}/1\">{n}</td></tr>",
             esc(addr)
         );
     }
-    o.push_str("</table>");
+    let _ = o.write_str("</table>");
 
     // Unusual.
     let _ = write!(o, "<h2>What looks unusual ({})</h2>", r.anomalies.len());
     if r.anomalies.is_empty() {
-        o.push_str("<p class=\"muted\">Nothing in the period (docs/audit.md says how each kind is decided).</p>");
+        let _ = o.write_str("<p class=\"muted\">Nothing in the period (docs/audit.md says how each kind is decided).</p>");
     }
     for (i, a) in r.anomalies.iter().enumerate() {
         let _ = write!(
-            o,
+            *o,
             "<div class=\"finding\"><h3><code data-figure=\"/anomalies/{i}/kind\">{}</code> {}</h3><p><span data-figure=\"/anomalies/{i}/count\">{}</span> record(s){}</p><table><tr><th>replica</th><th class=\"n\">seq</th><th>time</th><th>request id</th></tr>",
             a.kind,
             esc(&a.subject),
@@ -354,11 +379,11 @@ pub fn render(r: &Report) -> String {
                 esc(&rec.request_id)
             );
         }
-        o.push_str("</table></div>");
+        let _ = o.write_str("</table></div>");
     }
 
     // Totals.
-    o.push_str("<h2>Requests by team, project, action and replica</h2>");
+    let _ = o.write_str("<h2>Requests by team, project, action and replica</h2>");
     for (title, m) in [
         ("team", &r.by_team),
         ("project", &r.by_project),
@@ -369,7 +394,7 @@ pub fn render(r: &Report) -> String {
             continue;
         }
         let _ = write!(
-            o,
+            *o,
             "<h3>By {title}</h3><table><tr><th>{title}</th><th class=\"n\">allowed</th><th class=\"n\">refused</th></tr>"
         );
         for (k, c) in m {
@@ -381,10 +406,9 @@ pub fn render(r: &Report) -> String {
                 c.deny
             );
         }
-        o.push_str("</table>");
+        let _ = o.write_str("</table>");
     }
-    o.push_str("<p class=\"muted\">Generated by batch-gateway audit report. Self-contained: nothing on this page is fetched.</p></body></html>\n");
-    o
+    let _ = o.write_str("<p class=\"muted\">Generated by batch-gateway audit report. Self-contained: nothing on this page is fetched.</p></body></html>\n");
 }
 
 #[cfg(test)]

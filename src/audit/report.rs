@@ -27,7 +27,7 @@ pub struct StaleUse {
     pub request_id: String,
 }
 
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Serialize)]
 pub struct Report {
     /// The period covered (RFC 3339), when bounded.
     pub since: Option<String>,
@@ -74,16 +74,113 @@ pub struct Report {
 /// `per_day_team` and `per_project` when Batch answered 2xx; `list` holds
 /// every forwarded one, whatever Batch said (`status` absent when the
 /// trail has the attempt but no outcome: the gateway stopped in between).
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Serialize)]
 pub struct Deletions {
     pub deleted: u64,
     /// Day (UTC, `YYYY-MM-DD`) → team → deletions.
     pub per_day_team: BTreeMap<String, BTreeMap<String, u64>>,
     pub per_project: BTreeMap<String, u64>,
-    pub list: Vec<Deletion>,
+    /// In the order Batch answered; attempts without an answer last.
+    pub list: Spool,
 }
 
-#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+/// Deletions in the order added: the first [`Spool::IN_MEMORY`] in memory,
+/// the rest as JSON lines in an anonymous temporary file, so a report over
+/// any number of deletions holds a bounded number. (Without a temporary
+/// folder they stay in memory.)
+#[derive(Debug, Default)]
+pub struct Spool {
+    memory: Vec<Deletion>,
+    file: std::sync::Mutex<Option<std::io::BufWriter<std::fs::File>>>,
+    spilled: u64,
+}
+
+impl Spool {
+    pub const IN_MEMORY: usize = 10_000;
+
+    pub fn len(&self) -> u64 {
+        self.memory.len() as u64 + self.spilled
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn push(&mut self, d: Deletion) {
+        if self.memory.len() < Self::IN_MEMORY {
+            self.memory.push(d);
+            return;
+        }
+        let Ok(slot) = self.file.get_mut() else {
+            self.memory.push(d);
+            return;
+        };
+        if slot.is_none() {
+            *slot = tempfile::tempfile().ok().map(std::io::BufWriter::new);
+        }
+        match slot {
+            Some(w) => {
+                use std::io::Write as _;
+                let ok = serde_json::to_writer(&mut *w, &d).is_ok() && w.write_all(b"\n").is_ok();
+                if ok {
+                    self.spilled += 1;
+                } else {
+                    self.memory.push(d);
+                }
+            }
+            None => self.memory.push(d),
+        }
+    }
+
+    /// Calls `f` for every deletion, in order.
+    pub fn for_each(&self, mut f: impl FnMut(&Deletion)) -> std::io::Result<()> {
+        use std::io::{BufRead as _, Seek as _, SeekFrom, Write as _};
+        self.memory.iter().for_each(&mut f);
+        let Ok(mut guard) = self.file.lock() else {
+            return Err(std::io::Error::other("spool lock poisoned"));
+        };
+        if let Some(w) = guard.as_mut() {
+            w.flush()?;
+            let mut file = w.get_ref().try_clone()?;
+            file.seek(SeekFrom::Start(0))?;
+            let mut reader = std::io::BufReader::new(&file);
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if reader.read_line(&mut line)? == 0 {
+                    break;
+                }
+                let d: Deletion = serde_json::from_str(&line).map_err(std::io::Error::other)?;
+                f(&d);
+            }
+            // The clone shares the offset: writing resumes at the end.
+            file.seek(SeekFrom::End(0))?;
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for Spool {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error as _, SerializeSeq as _};
+        let mut seq = s.serialize_seq(usize::try_from(self.len()).ok())?;
+        let mut failed = None;
+        let read = self.for_each(|d| {
+            if failed.is_none()
+                && let Err(e) = seq.serialize_element(d)
+            {
+                failed = Some(e);
+            }
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        read.map_err(S::Error::custom)?;
+        seq.end()
+    }
+}
+
+#[derive(Debug, Default, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct Deletion {
     pub ts: String,
     pub team: String,
@@ -392,7 +489,6 @@ pub fn build(chains: &[Chain], filter: &Filter, opts: &Options) -> Result<Report
     for (_, d) in std::mem::take(&mut pending) {
         r.deletions.add(d);
     }
-    r.deletions.list.sort_by(|a, b| a.ts.cmp(&b.ts));
     r.unauthenticated_by_client_addr = addrs.top(10);
     r.anomalies = detector.finish();
     r.denial_reasons = top(reasons, 10);
@@ -707,5 +803,31 @@ mod tests {
         assert_eq!(c.0.get(BoundedCounts::OTHER), Some(&500));
         assert_eq!(c.0.values().sum::<u64>(), (BoundedCounts::MAX + 505) as u64);
         assert_eq!(c.top(1), vec![(BoundedCounts::OTHER.to_string(), 500)]);
+    }
+
+    #[test]
+    fn a_long_list_of_deletions_spills_to_disk_and_reads_back_in_order() {
+        let mut spool = Spool::default();
+        let n = Spool::IN_MEMORY + 1234;
+        for i in 0..n {
+            spool.push(Deletion {
+                request_id: format!("r{i}"),
+                ..Deletion::default()
+            });
+        }
+        assert_eq!(spool.len(), n as u64);
+        assert_eq!(spool.memory.len(), Spool::IN_MEMORY, "the rest is on disk");
+        let mut seen = Vec::new();
+        spool.for_each(|d| seen.push(d.request_id.clone())).unwrap();
+        assert_eq!(seen.len(), n);
+        assert!(
+            seen.iter()
+                .enumerate()
+                .all(|(i, id)| *id == format!("r{i}"))
+        );
+        // Read twice (JSON, then anything else): the same.
+        let json = serde_json::to_value(&spool).unwrap();
+        assert_eq!(json.as_array().unwrap().len(), n);
+        assert_eq!(json[n - 1]["request_id"], format!("r{}", n - 1));
     }
 }
