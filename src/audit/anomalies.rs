@@ -8,8 +8,9 @@
 //!
 //! How each is decided:
 //! * `first_seen_caller`: a delete forwarded for a (caller `iss`+`sub`,
-//!   project) the trail never showed before, when the trail holds records
-//!   from before the period (else everything would be new).
+//!   project) the trail never showed before. The baseline is the trail
+//!   before the period; when the trail starts inside the period, its
+//!   first 24 hours (else everything would be new).
 //! * `daily_spike`: a team's 2xx deletions on a day of the period at least
 //!   [`SPIKE_MIN`] and more than [`SPIKE_FACTOR`] × the median of its
 //!   previous [`TRAILING_DAYS`] days (zeros included, median at least 1),
@@ -160,6 +161,9 @@ impl Finding {
 pub struct Detector {
     working_hours: Option<WorkingHours>,
     history_before_period: bool,
+    /// The first record's time: without history before the period, the
+    /// trail's first day is the baseline.
+    trail_start: Option<OffsetDateTime>,
     seen: HashSet<(String, String)>,
     /// (team, day number) → 2xx deletions, over the whole trail.
     per_team_day: BTreeMap<(String, i64), u64>,
@@ -244,6 +248,9 @@ impl Detector {
         if !in_period && matches!(phase, "denied" | "attempt" | "outcome") {
             self.history_before_period = true;
         }
+        if self.trail_start.is_none() {
+            self.trail_start = s(rec, &["ts"]).and_then(parse_ts);
+        }
         match phase {
             "attempt" if rec.get("dry_run") != Some(&Value::Bool(true)) => {
                 let caller = format!(
@@ -257,7 +264,12 @@ impl Detector {
                 if new && self.seen.len() < MAX_SEEN {
                     self.seen.insert(key);
                 }
-                if in_period && new && self.history_before_period {
+                let baseline_done = self.history_before_period
+                    || match (self.trail_start, s(rec, &["ts"]).and_then(parse_ts)) {
+                        (Some(start), Some(at)) => at - start >= time::Duration::days(1),
+                        _ => false,
+                    };
+                if in_period && new && baseline_done {
                     self.finding("first_seen_caller", format!("{caller} on {project}"), rec);
                 }
                 if in_period && s(rec, &["secret_source"]) == Some("stale") {
@@ -588,7 +600,7 @@ mod tests {
     }
 
     #[test]
-    fn without_history_nobody_is_new_and_no_day_spikes() {
+    fn without_history_the_first_day_is_the_baseline_and_no_day_spikes() {
         let mut t = Trail {
             d: Detector::new(None),
             seq: 0,
@@ -602,7 +614,17 @@ mod tests {
                 true,
             );
         }
-        assert_eq!(kinds(&t.d.finish()), vec![]);
+        // A day later: a known caller, and a new one.
+        t.delete("2026-11-24T10:30:00.000Z", "svc-3", "growth", 204, true);
+        t.delete("2026-11-24T10:31:00.000Z", "svc-new", "growth", 204, true);
+        assert_eq!(
+            kinds(&t.d.finish()),
+            vec![(
+                "first_seen_caller",
+                "https://idp svc-new on p1".to_string(),
+                1
+            )]
+        );
     }
 
     #[test]

@@ -244,6 +244,16 @@ pub fn write_page(r: &Report, o: &mut impl std::fmt::Write) {
     }
     let _ = o.write_str("</table>");
     for c in &r.integrity {
+        if let Some(head) = &c.last_checkpoint_head {
+            let _ = write!(
+                *o,
+                "<p class=\"muted\">{}: last signed checkpoint covers head <code>{}</code> (keep it for <code>audit verify --expect-head</code>).</p>",
+                esc(&c.chain),
+                esc(head)
+            );
+        }
+    }
+    for c in &r.integrity {
         if !c.gaps.is_empty() || !c.repairs.is_empty() {
             let _ = write!(o, "<h3>{}: silences and repairs</h3><ul>", esc(&c.chain));
             for g in &c.gaps {
