@@ -9,7 +9,8 @@
 //!   the issuer's tokens fail closed.
 //! * A JWK never widens the issuer's pinned algorithms: its `kty`/`crv` (and
 //!   `alg` when present) must agree with them, else the key is ignored.
-//!   Keys marked for another `use` than `sig` are ignored.
+//!   Keys marked for another `use` than `sig` (or a SPIFFE bundle's
+//!   `jwt-svid`, below) are ignored.
 //! * A fetched set replaces the old one whole: removed keys stop validating.
 //! * With `discovery_url` every fetch reads the OpenID Provider document
 //!   first (RFC 8414 / OIDC Discovery 1.0): its `issuer` must be exactly
