@@ -177,7 +177,14 @@ closed() { # target rep
   [ -n "$pid" ] && cpu_us=$(python3 -c "print(round(($after-$before)/$HZ*1e6/max($reqs,1),1))")
   local redis_us; redis_us=$(python3 -c "print(round(($(cpu_ticks "$REDIS_PID")-$redis_before)/$HZ*1e6/max($reqs,1),1))")
   printf 'closed\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$2" "$rps" "$p50" "$p99" "$cpu_us" "$non2xx" "$redis_us" >> "$RESULTS"
+  # A single-use run that ran out of tokens measures fast 401s, not the
+  # gateway: say so loudly and make the whole run fail.
+  if [ "$t" = single ] && [ "$non2xx" -gt 0 ]; then
+    echo "FAILED: single-use rep $2: $non2xx of $reqs answers were not 2xx (tokens exhausted at $rps req/s?); its figures are not the gateway's" >&2
+    SINGLE_FAILED=1
+  fi
 }
+SINGLE_FAILED=0
 opened() { # target rate rep
   [ -n "$OHA_BIN" ] || return 0
   local out; out=$(taskset -c 1 "$OHA_BIN" --no-tui -z "${SECS}s" -w -q "$2" --latency-correction -c 32 \
@@ -292,9 +299,11 @@ FSYNC_OUT=$(BENCH_DIR="$W" cargo bench --locked --quiet --bench audit_fsync 2>/d
   || FSYNC_OUT="(audit_fsync bench failed)"
 echo "$FSYNC_OUT"
 FSYNC_P99_US=$(echo "$FSYNC_OUT" | awk '/^disk fsync p99 us:/ {print $5}')
-AUDIT_LINES=$(wc -l < "$W/audit/audit.jsonl")
+# Every file of each trail (a run long enough rotates the live file).
+AUDIT_LINES=$(cat "$W"/audit/audit.jsonl* | wc -l)
 echo "audit records written: $AUDIT_LINES (fsynced attempts, grouped)"
-"$GW" audit verify "$W/audit/audit.jsonl" 2>&1 | head -3 || true
+"$GW" audit verify "$W/audit" 2>&1 | head -3 || true
+"$GW" audit verify "$W/audit-shared" 2>&1 | head -3 || true
 
 # The issue's targets, each met or missed and by how much, from this run's
 # medians (docs/performance.md, "Against the targets", says where the
@@ -322,3 +331,4 @@ if "gateway@5000" in p99 and "nginx@5000" in p99:
 line("peak RSS under load <= 30 MiB", s["rss_mib"] <= 30, f"{s['rss_mib']:.1f} MiB")
 line("zero non-2xx answers", s["non2xx"] == 0, f"{s['non2xx']} non-2xx or unanswered")
 PY
+[ "$SINGLE_FAILED" = 0 ] || { echo "FAILED: a single-use row ran out of tokens (see above)" >&2; exit 1; }
