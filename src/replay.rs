@@ -9,13 +9,10 @@
 //! tokens are refused (fail closed). At start it is rebuilt from the audit
 //! trail, so a restart forgets nothing.
 
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
-
-use moka::Expiry;
-use moka::sync::Cache;
+use std::sync::{Mutex, MutexGuard};
 
 /// Why a single-use token was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -26,68 +23,335 @@ pub enum ReplayError {
     Full,
 }
 
-struct UntilExp;
+/// What is remembered of an `(iss, jti)`: 96 bits of a keyed hash of it
+/// (SipHash with this process's random keys). Two different pairs share a
+/// key with probability about n²/2⁹⁷ (2⁻⁵⁷ for a million remembered
+/// tokens), and a shared key refuses the newer token as a replay: the
+/// error fails closed. The keys are secret and new at every start (the
+/// memory is rebuilt from the trail), so a caller cannot aim for one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Key([u32; 3]);
 
-impl Expiry<String, i64> for UntilExp {
-    fn expire_after_create(&self, _: &String, expires_at: &i64, _: Instant) -> Option<Duration> {
-        let left = expires_at.saturating_sub(crate::common::now_s()).max(1);
-        Some(Duration::from_secs(u64::try_from(left).unwrap_or(u64::MAX)))
+impl Key {
+    fn rest(&self) -> u64 {
+        u64::from(self.0[0]) << 32 | u64::from(self.0[1])
     }
 }
 
+/// Entries a page holds: 255 × 16 bytes and its header fill one 4 KiB
+/// allocation.
+const PAGE_SLOTS: usize = 255;
+
+/// A fixed-size block of entries, scanned linearly (a few hundred
+/// nanoseconds at most, against tens of microseconds for the signature a
+/// single-use token costs). `until[i]`: the last second (unix time, u32:
+/// until 2106) at which the token of `keys[i]` could still be accepted.
+struct Page {
+    /// `Key.0[2]`, scanned first (1 KiB: a few cache lines, vectorized).
+    tag: [u32; PAGE_SLOTS],
+    /// `Key.0[0..2]`, compared where the tag matched.
+    rest: [u64; PAGE_SLOTS],
+    until: [u32; PAGE_SLOTS],
+    len: u16,
+    /// Low bits of `Key.0[0]` all its keys share (extendible hashing).
+    depth: u8,
+}
+
+impl Page {
+    fn new(depth: u8) -> Box<Page> {
+        Box::new(Page {
+            tag: [0; PAGE_SLOTS],
+            rest: [0; PAGE_SLOTS],
+            until: [0; PAGE_SLOTS],
+            len: 0,
+            depth,
+        })
+    }
+
+    fn find(&self, k: &Key) -> Option<usize> {
+        let rest = k.rest();
+        let len = usize::from(self.len);
+        let mut from = 0;
+        while let Some(i) = self.tag[from..len].iter().position(|t| *t == k.0[2]) {
+            if self.rest[from + i] == rest {
+                return Some(from + i);
+            }
+            from += i + 1;
+        }
+        None
+    }
+
+    fn key(&self, i: usize) -> Key {
+        let r = self.rest[i];
+        Key([(r >> 32) as u32, r as u32, self.tag[i]])
+    }
+
+    /// Room is checked by the caller.
+    fn push(&mut self, k: Key, until: u32) {
+        let i = usize::from(self.len);
+        self.tag[i] = k.0[2];
+        self.rest[i] = k.rest();
+        self.until[i] = until;
+        self.len += 1;
+    }
+
+    fn remove(&mut self, i: usize) {
+        let last = usize::from(self.len) - 1;
+        self.tag[i] = self.tag[last];
+        self.rest[i] = self.rest[last];
+        self.until[i] = self.until[last];
+        self.len -= 1;
+    }
+
+    /// Drops the entries whose token has expired; how many went.
+    fn sweep(&mut self, now: i64) -> usize {
+        let before = self.len;
+        let mut i = 0;
+        while i < usize::from(self.len) {
+            if i64::from(self.until[i]) < now {
+                self.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        usize::from(before - self.len)
+    }
+}
+
+/// Deepest a page may split: a directory of 2²⁰ entries (4 MiB). Only 255
+/// keys sharing 20 bits of a secret hash in one shard get there; their
+/// page then refuses new tokens (fail closed) until some expire.
+const MAX_DEPTH: u8 = 20;
+
+/// One shard: pages found through a directory indexed by the low `depth`
+/// bits of `Key.0[0]` (extendible hashing). A full page first drops its
+/// expired entries, else splits in two: growth allocates one 4 KiB page at
+/// a time and never frees a large array, so no resident memory is left
+/// behind in the allocator (a hash table that doubles leaves its old
+/// array, half its size, behind: measured 57 against 36 bytes a jti).
+/// Pages stay allocated once made: the memory keeps its high-water mark,
+/// which `replay_cache_size` bounds.
+#[derive(Default)]
+struct Shard {
+    dir: Vec<u32>,
+    depth: u8,
+    // Boxed on purpose: a `Vec<Page>` would move and free every page
+    // each time it grows, the very thing pages are here to avoid.
+    #[allow(clippy::vec_box)]
+    pages: Vec<Box<Page>>,
+}
+
+impl Shard {
+    fn page_of(&self, k: &Key) -> Option<usize> {
+        let mask = (1u64 << self.depth) - 1;
+        let i = usize::try_from(u64::from(k.0[0]) & mask).ok()?;
+        self.dir.get(i).map(|p| *p as usize)
+    }
+
+    fn find(&mut self, k: &Key) -> Option<(usize, usize)> {
+        let p = self.page_of(k)?;
+        let slot = self.pages.get(p)?.find(k)?;
+        Some((p, slot))
+    }
+
+    /// Inserts a key known to be absent; `Full` when its page is full of
+    /// live tokens at the deepest split. Returns how many expired entries
+    /// were dropped on the way.
+    fn insert(&mut self, k: Key, until: u32, now: i64) -> Result<usize, ReplayError> {
+        if self.pages.is_empty() {
+            self.pages.push(Page::new(0));
+            self.dir = vec![0];
+            self.depth = 0;
+        }
+        let mut swept = 0;
+        loop {
+            let p = self.page_of(&k).ok_or(ReplayError::Full)?;
+            let page = self.pages.get_mut(p).ok_or(ReplayError::Full)?;
+            if usize::from(page.len) < PAGE_SLOTS {
+                page.push(k, until);
+                return Ok(swept);
+            }
+            let gone = page.sweep(now);
+            if gone > 0 {
+                swept += gone;
+                continue;
+            }
+            let d = page.depth;
+            if d >= MAX_DEPTH {
+                return Err(ReplayError::Full);
+            }
+            page.depth = d + 1;
+            let mut moved = Page::new(d + 1);
+            let mut i = 0;
+            while i < usize::from(page.len) {
+                let key = page.key(i);
+                if (key.0[0] >> d) & 1 == 1 {
+                    moved.push(key, page.until[i]);
+                    page.remove(i);
+                } else {
+                    i += 1;
+                }
+            }
+            if d == self.depth {
+                self.dir.extend_from_within(..);
+                self.depth += 1;
+            }
+            let q = u32::try_from(self.pages.len()).map_err(|_| ReplayError::Full)?;
+            self.pages.push(moved);
+            // The directory entries that led to the page and have bit d set.
+            let low = (k.0[0] as usize) & ((1usize << d) - 1);
+            let mut i = low | (1usize << d);
+            while i < self.dir.len() {
+                self.dir[i] = q;
+                i += 1usize << (d + 1);
+            }
+        }
+    }
+
+    fn remove(&mut self, k: &Key) -> bool {
+        match self.find(k) {
+            Some((p, slot)) => {
+                self.pages[p].remove(slot);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn sweep(&mut self, now: i64) -> usize {
+        self.pages.iter_mut().map(|p| p.sweep(now)).sum()
+    }
+
+    fn bytes(&self) -> usize {
+        self.pages.len() * std::mem::size_of::<Page>() + self.dir.capacity() * 4
+    }
+}
+
+/// Shards, so that requests on many cores rarely meet on one lock.
+const SHARDS: usize = 16;
+
 /// The `jti`s of single-use tokens that were spent.
 pub struct ReplayCache {
-    spent: Cache<String, i64>,
-    /// Entries held: moka's own count lags; this one is exact on insert
-    /// and catches up on removal (so it errs towards "full").
-    held: Arc<AtomicU64>,
+    shards: Vec<Mutex<Shard>>,
+    hash_hi: RandomState,
+    hash_lo: RandomState,
+    /// Entries in all shards, expired ones not yet swept included: exact
+    /// (changed under the shard's lock), so "full" is decided exactly once
+    /// the expired ones are swept.
+    held: AtomicU64,
     limit: u64,
 }
 
-fn key(iss: &str, jti: &str) -> String {
-    // Length-prefixed so that no (iss, jti) pair can collide with another.
-    format!("{}:{iss}{jti}", iss.len())
+fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    // Every change to a shard completes before its lock is let go, and
+    // nothing in them panics: a poisoned shard is used as it is.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn until_s(expires_at: i64) -> u32 {
+    u32::try_from(expires_at.max(0)).unwrap_or(u32::MAX)
 }
 
 impl ReplayCache {
     pub fn new(limit: u64) -> Self {
-        let held = Arc::new(AtomicU64::new(0));
-        let on_removal = held.clone();
-        let spent = Cache::builder()
-            .expire_after(UntilExp)
-            .eviction_listener(move |_k, _v, _cause| {
-                on_removal.fetch_sub(1, Ordering::SeqCst);
-            })
-            .build();
-        ReplayCache { spent, held, limit }
-    }
-
-    fn insert(&self, k: String, until: i64) {
-        self.held.fetch_add(1, Ordering::SeqCst);
-        self.spent.insert(k, until);
-    }
-
-    /// Reserves `(iss, jti)` until `expires_at` (unix seconds), or says why not.
-    pub fn reserve(&self, iss: &str, jti: &str, expires_at: i64) -> Result<(), ReplayError> {
-        let k = key(iss, jti);
-        if self.spent.contains_key(&k) {
-            return Err(ReplayError::Replayed);
+        ReplayCache {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            hash_hi: RandomState::new(),
+            hash_lo: RandomState::new(),
+            held: AtomicU64::new(0),
+            limit,
         }
-        if self.held.load(Ordering::SeqCst) >= self.limit {
-            // Let expired entries leave before deciding.
-            self.spent.run_pending_tasks();
-            if self.held.load(Ordering::SeqCst) >= self.limit {
-                return Err(ReplayError::Full);
+    }
+
+    fn key(&self, iss: &str, jti: &str) -> Key {
+        // `str`'s Hash ends each string with 0xff, which UTF-8 never holds:
+        // no (iss, jti) pair hashes as another by concatenation.
+        let hash = |s: &RandomState| {
+            let mut h = s.build_hasher();
+            iss.hash(&mut h);
+            jti.hash(&mut h);
+            h.finish()
+        };
+        let (hi, lo) = (hash(&self.hash_hi), hash(&self.hash_lo));
+        Key([(hi >> 32) as u32, hi as u32, (lo >> 32) as u32])
+    }
+
+    fn shard(&self, k: &Key) -> &Mutex<Shard> {
+        // Bits the directory does not use, so that a shard's keys spread.
+        &self.shards[k.0[1] as usize % SHARDS]
+    }
+
+    /// Reserves `(iss, jti)` until `expires_at` (unix seconds, the last
+    /// second the token could be accepted), or says why not.
+    pub fn reserve(&self, iss: &str, jti: &str, expires_at: i64) -> Result<(), ReplayError> {
+        self.reserve_key(
+            self.key(iss, jti),
+            expires_at,
+            crate::common::now_s(),
+            false,
+        )
+    }
+
+    /// `force`: past the limit too (the rebuild: a spent jti is never
+    /// forgotten; a memory over its limit refuses new tokens until enough
+    /// have expired).
+    fn reserve_key(
+        &self,
+        k: Key,
+        expires_at: i64,
+        now: i64,
+        force: bool,
+    ) -> Result<(), ReplayError> {
+        let until = until_s(expires_at);
+        for swept in [false, true] {
+            let mut t = lock(self.shard(&k));
+            if let Some((p, slot)) = t.find(&k) {
+                let u = &mut t.pages[p].until[slot];
+                if i64::from(*u) >= now {
+                    return Err(ReplayError::Replayed);
+                }
+                // Its token has expired: the slot is taken again.
+                *u = until;
+                return Ok(());
+            }
+            // Counted before it is taken, so that two shards racing for
+            // the last slot cannot both have it.
+            let admitted = force
+                || self
+                    .held
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |h| {
+                        (h < self.limit).then_some(h + 1)
+                    })
+                    .is_ok();
+            if admitted {
+                if force {
+                    self.held.fetch_add(1, Ordering::SeqCst);
+                }
+                return match t.insert(k, until, now) {
+                    Ok(gone) => {
+                        self.held.fetch_sub(gone as u64, Ordering::SeqCst);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        self.held.fetch_sub(1, Ordering::SeqCst);
+                        Err(e)
+                    }
+                };
+            }
+            drop(t);
+            if !swept {
+                // Let expired entries leave before deciding.
+                self.sweep(now);
             }
         }
-        let entry = self.spent.entry(k).or_insert_with(|| {
-            self.held.fetch_add(1, Ordering::SeqCst);
-            expires_at
-        });
-        if entry.is_fresh() {
-            Ok(())
-        } else {
-            Err(ReplayError::Replayed)
+        Err(ReplayError::Full)
+    }
+
+    /// Drops every entry whose token has expired, shard by shard.
+    fn sweep(&self, now: i64) {
+        for s in &self.shards {
+            let gone = lock(s).sweep(now);
+            self.held.fetch_sub(gone as u64, Ordering::SeqCst);
         }
     }
 
@@ -100,27 +364,40 @@ impl ReplayCache {
         jti: &str,
         expires_at: i64,
     ) -> Result<Reservation<'_>, ReplayError> {
-        self.reserve(iss, jti, expires_at)?;
+        let key = self.key(iss, jti);
+        self.reserve_key(key, expires_at, crate::common::now_s(), false)?;
         Ok(Reservation {
             cache: self,
-            iss: iss.to_string(),
-            jti: jti.to_string(),
+            key,
             spent: false,
         })
     }
 
     /// Gives a reservation back: the request was not forwarded.
     pub fn release(&self, iss: &str, jti: &str) {
-        self.spent.invalidate(&key(iss, jti));
+        self.release_key(&self.key(iss, jti));
     }
 
+    fn release_key(&self, k: &Key) {
+        if lock(self.shard(k)).remove(k) {
+            self.held.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Tokens remembered and not yet expired (sweeps the expired).
     pub fn len(&self) -> u64 {
-        self.spent.run_pending_tasks();
+        self.sweep(crate::common::now_s());
         self.held.load(Ordering::SeqCst)
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Bytes the pages and directories take (what is allocated, not what
+    /// is used), for the memory's own measurements.
+    pub fn table_bytes(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).bytes()).sum()
     }
 
     /// Re-reserves every single-use `jti` of `attempt` records in the audit
@@ -132,7 +409,7 @@ impl ReplayCache {
     /// gateway held it; records written before `exp` was recorded give
     /// `ts + max_lifetime_s + 2 × leeway_s` (a token may be issued up to
     /// the leeway ahead of the gateway's clock). Returns how many were
-    /// restored.
+    /// restored. Past the limit too: a spent jti is never forgotten.
     pub fn rebuild_from_audit(&self, live: &Path, max_lifetime_s: i64, leeway_s: i64) -> u64 {
         let now = crate::common::now_s();
         let window = max_lifetime_s.saturating_add(leeway_s.saturating_mul(2));
@@ -158,9 +435,11 @@ impl ReplayCache {
                     Some(exp) => exp.saturating_add(leeway_s),
                     None => ts.saturating_add(window),
                 };
-                let k = key(iss, jti);
-                if until > now && !self.spent.contains_key(&k) {
-                    self.insert(k, until);
+                if until >= now
+                    && self
+                        .reserve_key(self.key(iss, jti), until, now, true)
+                        .is_ok()
+                {
                     restored += 1;
                 }
             }
@@ -177,8 +456,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 /// A single-use `jti` reserved for one request (see [`ReplayCache::hold`]).
 pub struct Reservation<'a> {
     cache: &'a ReplayCache,
-    iss: String,
-    jti: String,
+    key: Key,
     spent: bool,
 }
 
@@ -192,7 +470,7 @@ impl Reservation<'_> {
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         if !self.spent {
-            self.cache.release(&self.iss, &self.jti);
+            self.cache.release_key(&self.key);
         }
     }
 }
@@ -286,11 +564,87 @@ mod tests {
         assert_eq!(c.reserve("i", "old", now + 60), Ok(()));
     }
 
+    /// The bound is exact when requests race for the last slots on many
+    /// threads: exactly `limit` distinct tokens are accepted, never one more.
+    #[test]
+    fn the_limit_is_exact_under_concurrent_requests() {
+        let c = std::sync::Arc::new(ReplayCache::new(1000));
+        let exp = crate::common::now_s() + 600;
+        let accepted: u64 = (0..8)
+            .map(|t| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    let mut ok = 0u64;
+                    for i in 0..400 {
+                        match c.reserve("i", &format!("{t}-{i}"), exp) {
+                            Ok(()) => ok += 1,
+                            Err(e) => assert_eq!(e, ReplayError::Full),
+                        }
+                    }
+                    ok
+                })
+            })
+            .map(|h| h.join().unwrap())
+            .sum();
+        assert_eq!(accepted, 1000);
+        assert_eq!(c.len(), 1000);
+        // A released reservation frees exactly one slot.
+        c.release("i", "0-0");
+        c.release("i", "no-such-token");
+        assert_eq!(c.len(), 999);
+        assert!(c.reserve("i", "new", exp).is_ok());
+        assert_eq!(c.reserve("i", "newer", exp), Err(ReplayError::Full));
+    }
+
+    /// A spent jti whose token expired gives its slot to a new token, and
+    /// the bound counts it once.
+    #[test]
+    fn an_expired_entry_is_swept_before_the_memory_says_full() {
+        let c = ReplayCache::new(2);
+        let now = crate::common::now_s();
+        let k = |j: &str| c.key("i", j);
+        assert!(c.reserve_key(k("old"), now - 5, now - 10, false).is_ok());
+        assert!(c.reserve_key(k("live"), now + 60, now, false).is_ok());
+        // "old" expired: the full memory sweeps it and takes the new one.
+        assert!(c.reserve_key(k("new"), now + 60, now, false).is_ok());
+        assert_eq!(c.len(), 2);
+        assert_eq!(
+            c.reserve_key(k("more"), now + 60, now, false),
+            Err(ReplayError::Full)
+        );
+        assert_eq!(
+            c.reserve_key(k("live"), now + 60, now, false),
+            Err(ReplayError::Replayed)
+        );
+    }
+
+    /// At most 48 bytes per remembered jti: what the pages and directories
+    /// allocate, checked all along from 20 000 on (below, the first page of
+    /// each shard, 64 KiB in all, is most of it).
+    /// (`cargo bench --bench replay_memory` reads the process's RSS.)
+    #[test]
+    fn a_remembered_jti_costs_at_most_48_bytes() {
+        assert_eq!(std::mem::size_of::<Page>(), 4088);
+        let n = 200_000u64;
+        let c = ReplayCache::new(n);
+        let exp = crate::common::now_s() + 600;
+        let mut worst = 0.0f64;
+        for i in 0..n {
+            c.reserve("https://issuer.example", &format!("{i:036}"), exp)
+                .unwrap();
+            if i >= 20_000 && i % 97 == 0 {
+                worst = worst.max(c.table_bytes() as f64 / (i + 1) as f64);
+            }
+        }
+        assert!(worst <= 48.0, "{worst:.1} bytes per jti");
+        assert!(worst > 16.0, "the measure counts the slots: {worst:.1}");
+    }
+
     #[test]
     fn entries_leave_when_their_token_expires() {
         let c = ReplayCache::new(1);
         assert!(c.reserve("i", "old", crate::common::now_s()).is_ok());
-        std::thread::sleep(Duration::from_millis(1100));
+        std::thread::sleep(std::time::Duration::from_millis(1100));
         assert_eq!(c.len(), 0);
         assert!(c.reserve("i", "new", crate::common::now_s() + 60).is_ok());
     }
