@@ -94,6 +94,34 @@ async fn wrong_json_types_of_aud_and_iss_are_refused_not_skipped() {
     }
 }
 
+/// The audience is checked by the gateway itself (jsonwebtoken only checks
+/// the signature): one of the token's audiences must be one of ours, in a
+/// string or anywhere in an array, compared exactly.
+#[tokio::test]
+async fn an_audience_must_be_ours_exactly_in_a_string_or_an_array() {
+    let w = World::without_batch();
+    let a = authenticator(&w, &w.ed, &[Algorithm::EdDSA]);
+    let c = claims(ISS, "growth");
+    for aud in [json!("batch-gateway"), json!(["other", "batch-gateway"])] {
+        let tok = w.ed.sign(&with(c.clone(), json!({ "aud": aud })));
+        assert!(a.verify(&tok, now()).await.is_ok(), "{aud}");
+    }
+    for aud in [
+        json!("other"),
+        json!(["other", "more"]),
+        json!("Batch-Gateway"),
+        json!("batch-gateway "),
+        json!(["batch-gateway-x"]),
+    ] {
+        let tok = w.ed.sign(&with(c.clone(), json!({ "aud": aud })));
+        assert_eq!(
+            detail(&a, &tok).await,
+            (AuthFailure::Invalid, "audience"),
+            "{aud}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn nbf_iat_exp_and_lifetime_are_checked_with_leeway() {
     let w = World::without_batch();

@@ -98,7 +98,7 @@ impl RequestRecord {
     /// The verified caller, as recorded. A reused token's caller
     /// (fingerprint included) was built by the first request that used it.
     pub fn verified(&mut self, app: &App, principal: &crate::authn::Principal, token: &str) {
-        let caller = principal.recorded.get_or_init(|| {
+        let build = || {
             Arc::new(Caller {
                 iss: bounded(&principal.iss).to_string(),
                 sub: bounded(&principal.sub).to_string(),
@@ -108,8 +108,15 @@ impl RequestRecord {
                 single_use: None,
                 exp: None,
             })
+        };
+        // A request-bound token is used once: its caller is built for this
+        // request alone, so that marking it single-use (below) changes it
+        // in place instead of copying a memoized one.
+        self.caller = Some(if principal.binding.is_bound() {
+            build()
+        } else {
+            principal.recorded.get_or_init(build).clone()
         });
-        self.caller = Some(caller.clone());
     }
 
     /// The token is single-use: its `jti` is spent by this request, held
