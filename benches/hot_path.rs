@@ -197,7 +197,9 @@ fn whole_request(c: &mut Criterion) {
 fn header_rewrite(c: &mut Criterion) {
     use batch_gateway::forward::Upstream;
     use batch_gateway::secrets::ProjectSecret;
-    let cfg = World::without_batch().config(|_| {});
+    // The world (its CA file) must outlive building the upstream.
+    let w = World::without_batch();
+    let cfg = w.config(|_| {});
     let up = Upstream::new(&cfg.upstream).unwrap();
     let permit = batch_gateway::policy::authorize(
         &cfg,
