@@ -59,22 +59,7 @@ source "$(dirname "$0")/setup.sh"
 cargo build --release --locked --quiet
 GW="$PWD/target/release/batch-gateway"
 NGX=$(port); GWP=$(port); GWA=$(port)
-nginx_conf proxy "upstream stub { server 127.0.0.1:$STUB; keepalive 64; }
-  server {
-    listen 127.0.0.1:$NGX;
-    keepalive_requests 1000000;
-    location / {
-      proxy_pass https://stub;
-      proxy_http_version 1.1;
-      proxy_set_header Connection \"\";
-      proxy_set_header Authorization \"Bearer $REST_KEY\";
-      proxy_set_header X-Batch-Project \"$PROJECT_KEY\";
-      proxy_ssl_trusted_certificate $W/ca.pem;
-      proxy_ssl_verify on;
-      proxy_ssl_name 127.0.0.1;
-      proxy_ssl_session_reuse on;
-    }
-  }"
+nginx_proxy_conf "$NGX"
 
 HAP=""
 if [ "$ALG" != EdDSA ]; then

@@ -69,6 +69,27 @@ nginx_conf stub "server {
       return 204;
     }
   }"
+# nginx as the reverse proxy an operator would put in front of Batch:
+# injects the two keys, TLS keep-alive upstream to the stub (no token
+# check, no audit). Config only, under $W/proxy, listening on PORT.
+nginx_proxy_conf() { # port
+nginx_conf proxy "upstream stub { server 127.0.0.1:$STUB; keepalive 64; }
+  server {
+    listen 127.0.0.1:$1;
+    keepalive_requests 1000000;
+    location / {
+      proxy_pass https://stub;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+      proxy_set_header Authorization \"Bearer $REST_KEY\";
+      proxy_set_header X-Batch-Project \"$PROJECT_KEY\";
+      proxy_ssl_trusted_certificate $W/ca.pem;
+      proxy_ssl_verify on;
+      proxy_ssl_name 127.0.0.1;
+      proxy_ssl_session_reuse on;
+    }
+  }"
+}
 # --- the gateway -------------------------------------------------------------
 case "$ALG" in
   EdDSA) openssl genpkey -algorithm ed25519 -out "$W/idp.key" 2>/dev/null;;

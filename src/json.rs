@@ -29,13 +29,16 @@ impl Members {
 
 /// Parses `bytes` as one JSON object with unique member names (top level).
 pub fn parse_object(bytes: &[u8]) -> Result<Members, JsonError> {
-    let value: Value = serde_json::from_slice(bytes).map_err(|_| JsonError::NotJson)?;
-    if !value.is_object() {
-        return Err(JsonError::NotObject);
-    }
-    // Valid JSON and an object: a second, order-keeping parse can only fail
-    // on a duplicate name.
-    serde_json::from_slice::<Members>(bytes).map_err(|_| JsonError::DuplicateMember)
+    // One parse when it succeeds (every accepted token and body); why it
+    // failed is found by a second, plain parse, on the failure path only.
+    serde_json::from_slice::<Members>(bytes).map_err(|_| {
+        match serde_json::from_slice::<Value>(bytes) {
+            Err(_) => JsonError::NotJson,
+            Ok(v) if !v.is_object() => JsonError::NotObject,
+            // Valid JSON and an object: only a duplicate name refuses it.
+            Ok(_) => JsonError::DuplicateMember,
+        }
+    })
 }
 
 impl<'de> Deserialize<'de> for Members {
