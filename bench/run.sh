@@ -104,7 +104,9 @@ CONF
 fi
 
 gateway_conf "$W/gateway.toml" "$GWP" "$GWA" audit
-TOKEN=$("$GW" token mint --alg "$ALG" --key "$W/idp.key" --iss https://idp.bench --sub bench --team bench --ttl-s 3500)
+# Caller tokens from the bench IdP; arguments add to or override these.
+mint() { "$GW" token mint --alg "$ALG" --key "$W/idp.key" --iss https://idp.bench --sub bench "$@"; }
+TOKEN=$(mint --team bench --ttl-s 3500)
 # The shared-state gateway: same config, its own trail, a second team whose
 # grant has limits (too high to refuse anything), and Redis.
 if ! command -v redis-server >/dev/null; then
@@ -125,13 +127,12 @@ backend = "redis"
 url = "redis://127.0.0.1:$RP"
 key_prefix = "bench:"
 CONF
-TOKEN_LIM=$("$GW" token mint --alg "$ALG" --key "$W/idp.key" --iss https://idp.bench --sub bench --team benchlim --ttl-s 3500)
+TOKEN_LIM=$(mint --team benchlim --ttl-s 3500)
 # Single-use tokens: bound to this exact request, each with its own jti;
 # minted per repetition, more than the run can use (a reused one would be
 # refused as a replay and counted as non-2xx).
 mint_single() { # count file
-  "$GW" token mint --alg "$ALG" --key "$W/idp.key" --iss https://idp.bench --sub bench --team bench \
-    --ttl-s 3500 --bind POST /2.8/campaigns/delete "$W/body.json" --count "$1" > "$2"
+  mint --team bench --ttl-s 3500 --bind POST /2.8/campaigns/delete "$W/body.json" --count "$1" > "$2"
 }
 
 taskset -c 1 nginx -c "$W/stub/nginx.conf" & PIDS+=($!)
@@ -154,7 +155,6 @@ echo "wrk.headers[\"X-Batch-Project\"] = \"$PROJECT_KEY\"" >> "$W/direct.lua"
 # stub sees the injected keys: it answers 204 to nothing else) and refuse
 # the forgeries; the stub refuses a request without the keys.
 NOW_S=$(date +%s)
-mint() { "$GW" token mint --alg "$ALG" --key "$W/idp.key" --iss https://idp.bench --sub bench "$@"; }
 # A token with one payload claim changed after signing.
 tamper() { python3 -c '
 import base64, json, sys

@@ -37,18 +37,6 @@ fn jti(i: u64) -> String {
     )
 }
 
-/// What a gateway does after the inserts: goes on allocating and freeing
-/// (requests), which is when mimalloc returns the pages of freed blocks
-/// (a grown table's old array) to the system, after its purge delay.
-fn settle() {
-    let until = std::time::Instant::now() + std::time::Duration::from_millis(200);
-    while std::time::Instant::now() < until {
-        let v: Vec<String> = (0..256).map(|i| format!("request {i}")).collect();
-        std::hint::black_box(v);
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-}
-
 const ISS: &str = "https://idp.bench";
 
 fn child(variant: &str, n: u64) {
@@ -63,8 +51,6 @@ fn child(variant: &str, n: u64) {
                 c.reserve(ISS, &jti(i), exp).unwrap();
             }
             let insert = t0.elapsed();
-            let peak = rss_kib();
-            settle();
             let after = rss_kib();
             // A replayed token costs a lookup; what making the jti costs is
             // taken out of both figures.
@@ -81,7 +67,6 @@ fn child(variant: &str, n: u64) {
             let ns_insert = insert.as_nanos() as f64 / n as f64 - making;
             let ns_replay = replay.as_nanos() as f64 / (n / 10) as f64 - making;
             assert_eq!(c.len(), n);
-            eprintln!("right after the inserts: {:.1} B/jti", bytes_per(peak));
             println!(
                 "{variant}\t{n}\t{:.1}\t{:.1}\t{ns_insert:.0}\t{ns_replay:.0}",
                 bytes_per(after),
@@ -95,7 +80,6 @@ fn child(variant: &str, n: u64) {
                 c.insert(format!("{}:{ISS}{j}", ISS.len()), exp);
             }
             c.run_pending_tasks();
-            settle();
             let after = rss_kib();
             println!("{variant}\t{n}\t{:.1}\t-\t-\t-", bytes_per(after));
         }

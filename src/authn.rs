@@ -457,23 +457,21 @@ impl Authenticator {
         }
         let family = keys::family_of(alg);
         // Static keys have no kid: each that fits the algorithm is tried.
+        let mut candidates: Vec<&DecodingKey> = issuer
+            .keys
+            .iter()
+            .filter(|k| k.family() == family)
+            .collect();
         let fetched = match &issuer.jwks {
             Some(set) => match set.keys_for(unverified.kid.as_deref(), alg).await {
                 Ok(keys) => keys,
-                Err(detail) if !issuer.keys.iter().any(|k| k.family() == family) => {
-                    return Err(fail(detail));
-                }
+                Err(detail) if candidates.is_empty() => return Err(fail(detail)),
                 Err(_) => Vec::new(),
             },
             None => Vec::new(),
         };
-        let mut candidates = issuer
-            .keys
-            .iter()
-            .filter(|k| k.family() == family)
-            .chain(fetched.iter().map(|k| &k.key))
-            .peekable();
-        if candidates.peek().is_none() {
+        candidates.extend(fetched.iter().map(|k| &k.key));
+        if candidates.is_empty() {
             return Err(fail("unknown_kid"));
         }
         // The signature over the encoded header and payload, checked by

@@ -45,7 +45,7 @@ const PAGE_SLOTS: usize = 255;
 /// A fixed-size block of entries, scanned linearly (a few hundred
 /// nanoseconds at most, against tens of microseconds for the signature a
 /// single-use token costs). `until[i]`: the last second (unix time, u32:
-/// until 2106) at which the token of `keys[i]` could still be accepted.
+/// until 2106) at which the token of entry `i` could still be accepted.
 struct Page {
     /// `Key.0[2]`, scanned first (1 KiB: a few cache lines, vectorized).
     tag: [u32; PAGE_SLOTS],
@@ -148,7 +148,7 @@ impl Shard {
         self.dir.get(i).map(|p| *p as usize)
     }
 
-    fn find(&mut self, k: &Key) -> Option<(usize, usize)> {
+    fn find(&self, k: &Key) -> Option<(usize, usize)> {
         let p = self.page_of(k)?;
         let slot = self.pages.get(p)?.find(k)?;
         Some((p, slot))
@@ -316,17 +316,17 @@ impl ReplayCache {
             }
             // Counted before it is taken, so that two shards racing for
             // the last slot cannot both have it.
-            let admitted = force
-                || self
-                    .held
+            let admitted = if force {
+                self.held.fetch_add(1, Ordering::SeqCst);
+                true
+            } else {
+                self.held
                     .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |h| {
                         (h < self.limit).then_some(h + 1)
                     })
-                    .is_ok();
+                    .is_ok()
+            };
             if admitted {
-                if force {
-                    self.held.fetch_add(1, Ordering::SeqCst);
-                }
                 return match t.insert(k, until, now) {
                     Ok(gone) => {
                         self.held.fetch_sub(gone as u64, Ordering::SeqCst);
