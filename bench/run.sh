@@ -12,6 +12,10 @@
 #                   --alg EdDSA this row is left out)
 #   (c) gateway   — wrk -> batch-gateway (the same algorithm, file secrets,
 #                   audit on a real file with fsync) -> the stub over TLS
+#   (c'') tmpfs    — as (c), a third gateway whose trail is on tmpfs (/dev/shm:
+#                   fsync returns at once, nothing reaches a disk): the
+#                   difference to (c) is what the disk costs, the rest of the
+#                   difference to nginx is the gateway's own work
 #   (c') shared    — as (c), a second gateway with [shared_state] on a local
 #                   redis-server (pinned with the stub): a grant without limits
 #                   (the cool-down check only) and one with rate_per_minute and
@@ -24,7 +28,10 @@
 #                   HAProxy given the same fresh tokens (haproxy-fresh) and
 #                   the gateway given one reusable token through the same
 #                   wrk script (gateway-lua), so that the load generator's
-#                   work per request is the same in the three
+#                   work per request is the same in the three; then the
+#                   same fresh and reusable tokens paced (wrk's delay(), a
+#                   random 0-16 ms wait before each request: ~4 000 req/s,
+#                   neither saturated) so that the two are compared at one rate
 # The stub answers 204 only to requests carrying the injected REST key and
 # project key, so every 2xx counted shows the upstream got them. Before
 # measuring, a pre-flight sends HAProxy and the gateway a valid token, then
@@ -128,6 +135,14 @@ url = "redis://127.0.0.1:$RP"
 key_prefix = "bench:"
 CONF
 TOKEN_LIM=$(mint --team benchlim --ttl-s 3500)
+# The trail on tmpfs, when this machine has one: the disk's part.
+TGWP=""
+if [ "$(stat -f -c %T /dev/shm 2>/dev/null)" = tmpfs ]; then
+  SHM=$(mktemp -d /dev/shm/bgw-trail.XXXXXX)
+  trap 'cleanup; rm -rf "$SHM"' EXIT
+  TGWP=$(port); TGWA=$(port)
+  gateway_conf "$W/gateway-tmpfs.toml" "$TGWP" "$TGWA" "$SHM"
+fi
 # Single-use tokens: bound to this exact request, each with its own jti;
 # minted per repetition, more than the run can use (a reused one would be
 # refused as a replay and counted as non-2xx).
@@ -142,7 +157,9 @@ if [ -n "$HAP" ]; then taskset -c 0 haproxy -db -f "$W/haproxy.cfg" >"$W/haproxy
 taskset -c 1 redis-server --bind 127.0.0.1 --port "$RP" --save '' --appendonly no --dir "$W" >/dev/null & REDIS_PID=$!; PIDS+=($REDIS_PID)
 wait_port "$RP" 100 || true
 taskset -c 0 "$GW" serve --config "$W/gateway-shared.toml" 2>"$W/gateway-shared.log" & SGW_PID=$!; PIDS+=($SGW_PID)
-for p in $STUB $NGX $GWP $SGWP $HAP; do wait_port "$p" 100 || true; done
+TGW_PID=""
+if [ -n "$TGWP" ]; then taskset -c 0 "$GW" serve --config "$W/gateway-tmpfs.toml" 2>"$W/gateway-tmpfs.log" & TGW_PID=$!; PIDS+=($TGW_PID); fi
+for p in $STUB $NGX $GWP $SGWP $HAP $TGWP; do wait_port "$p" 100 || true; done
 NGX_WORKER=$(pgrep -P "$(cat "$W/proxy/nginx.pid")" | head -1)
 
 post_lua
@@ -218,6 +235,17 @@ function request()
     ["Authorization"] = "Bearer " .. t}, '$BODY')
 end
 LUA
+# The same, paced: each connection waits 0-16 ms (8 on average) before each
+# request, so that 32 connections offer ~4 000 req/s whatever the token
+# costs. The wait is random, seeded per thread: a fixed one keeps the
+# connections in step, and their requests then arrive as bursts of 32.
+cat "$W/single.lua" - > "$W/paced.lua" <<'LUA'
+local seeded = false
+function delay()
+  if not seeded then math.randomseed(os.time() + tid * 7919); seeded = true end
+  return math.random(0, 16)
+end
+LUA
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 sys_ticks() { awk '{print $15}' "/proc/$1/stat"; }
@@ -231,13 +259,17 @@ declare -A URL=( [direct]="https://127.0.0.1:$STUB/2.8/campaigns/delete"
                  [gateway]="http://127.0.0.1:$GWP/2.8/campaigns/delete"
                  [single]="http://127.0.0.1:$GWP/2.8/campaigns/delete"
                  [gateway-lua]="http://127.0.0.1:$GWP/2.8/campaigns/delete"
+                 [single-paced]="http://127.0.0.1:$GWP/2.8/campaigns/delete"
+                 [gateway-lua-paced]="http://127.0.0.1:$GWP/2.8/campaigns/delete"
+                 [gateway-tmpfs]="http://127.0.0.1:$TGWP/2.8/campaigns/delete"
                  [haproxy]="http://127.0.0.1:$HAP/2.8/campaigns/delete"
                  [haproxy-fresh]="http://127.0.0.1:$HAP/2.8/campaigns/delete"
                  [shared]="http://127.0.0.1:$SGWP/2.8/campaigns/delete"
                  [shared+lim]="http://127.0.0.1:$SGWP/2.8/campaigns/delete" )
 declare -A PID=( [direct]="" [nginx]="$NGX_WORKER" [gateway]="$GW_PID" [single]="$GW_PID"
                  [gateway-lua]="$GW_PID" [haproxy]="${HAP_PID:-}" [haproxy-fresh]="${HAP_PID:-}"
-                 [shared]="$SGW_PID" [shared+lim]="$SGW_PID" )
+                 [shared]="$SGW_PID" [shared+lim]="$SGW_PID" [gateway-tmpfs]="$TGW_PID"
+                 [single-paced]="$GW_PID" [gateway-lua-paced]="$GW_PID" )
 declare -A AUTH=( [shared+lim]="$TOKEN_LIM" )
 
 RESULTS="$W/results.tsv"
@@ -263,17 +295,22 @@ closed() { # target rep
     [ "$t" = haproxy-fresh ] && [ -z "${LAST_RATE[$t]:-}" ] && per_s=20000
     mint_single "$((SECS * per_s))" "$W/$t-$2.txt"
     script=("$W/single.lua"); extra=(-- "$W/$t-$2.txt")
-  elif [ "$t" = gateway-lua ]; then
+  elif [ "$t" = single-paced ]; then
+    # Paced at ~4 000 req/s at most: 8 000 a second is plenty.
+    mint_single "$((SECS * 8000))" "$W/$t-$2.txt"
+    script=("$W/paced.lua"); extra=(-- "$W/$t-$2.txt")
+  elif [ "$t" = gateway-lua ] || [ "$t" = gateway-lua-paced ]; then
     # One reusable token, read per request by the same script.
     { yes "$TOKEN" || true; } | head -n "$((SECS * 60000))" > "$W/reusable.txt"
     script=("$W/single.lua"); extra=(-- "$W/reusable.txt")
+    [ "$t" = gateway-lua-paced ] && script=("$W/paced.lua")
   fi
   [ -n "$pid" ] && before=$(cpu_ticks "$pid")
   local sys_before=0; [ -n "$pid" ] && sys_before=$(sys_ticks "$pid")
   # The gateways' fdatasyncs, counted by perf's syscall tracepoint (when
   # this machine has it): how many requests shared one.
   local syncs=""
-  if [ -n "$PERF_SYNCS" ] && [[ "$pid" = "$GW_PID" || "$pid" = "$SGW_PID" ]]; then
+  if [ -n "$PERF_SYNCS" ] && [[ "$pid" = "$GW_PID" || "$pid" = "$SGW_PID" || "$pid" = "$TGW_PID" ]]; then
     perf stat -x, -e syscalls:sys_enter_fdatasync -p "$pid" -o "$W/syncs.txt" -- sleep "$SECS" >/dev/null 2>&1 &
     syncs=$!
   fi
@@ -305,7 +342,7 @@ closed() { # target rep
   printf 'closed\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$2" "$rps" "$p50" "$p99" "$cpu_us" "$non2xx" "$redis_us" "$sys_us" "$per_sync" >> "$RESULTS"
   # A single-use run that ran out of tokens measures fast 401s, not the
   # gateway: say so loudly and make the whole run fail.
-  if [ "$non2xx" -gt 0 ] && [[ "$t" =~ ^(single|haproxy-fresh|gateway-lua)$ ]]; then
+  if [ "$non2xx" -gt 0 ] && [[ "$t" =~ ^(single|haproxy-fresh|gateway-lua|single-paced|gateway-lua-paced)$ ]]; then
     echo "FAILED: $t rep $2: $non2xx of $reqs answers were not 2xx (tokens exhausted at $rps req/s?); its figures are not the proxy's" >&2
     SINGLE_FAILED=1
   fi
@@ -332,6 +369,7 @@ echo "# caller tokens: $ALG"
 echo "# redis-server (shared state) on CPU 1 with the load generator and the stub"
 TARGETS="direct nginx gateway shared shared+lim"
 [ -n "$HAP" ] && TARGETS="direct nginx haproxy gateway shared shared+lim"
+[ -n "$TGWP" ] && TARGETS+=" gateway-tmpfs"
 echo "# $REPS reps x ${SECS}s, interleaved: $TARGETS"
 for rep in $(seq "$REPS"); do
   for t in $TARGETS; do closed "$t" "$rep"; done
@@ -350,6 +388,7 @@ for rep in $(seq "$REPS"); do for t in gateway shared shared+lim; do serial "$t"
 RSS_KB=$(awk '/VmHWM/ {print $2}' "/proc/$GW_PID/status")
 RSS_NOW_KB=$(awk '/VmRSS/ {print $2}' "/proc/$GW_PID/status")
 FRESH="single gateway-lua"; [ -n "$HAP" ] && FRESH="single haproxy-fresh gateway-lua"
+FRESH+=" single-paced gateway-lua-paced"
 echo "# fresh tokens, $REPS reps x ${SECS}s, interleaved: $FRESH"
 for rep in $(seq "$REPS"); do for t in $FRESH; do closed "$t" "$rep"; done; done
 RSS_SINGLE_KB=$(awk '/VmHWM/ {print $2}' "/proc/$GW_PID/status")
@@ -368,7 +407,7 @@ def ms(v):
         if v.endswith(unit): return float(v[:-len(unit)])*f
     return float(v)
 print("\nclosed loop (wrk -t2 -c32): median [min-max] of the reps")
-print(f"{'target':13} {'req/s':>24} {'p50 ms':>8} {'p99 ms':>8} {'proxy CPU us/req':>17} {'of it system':>13} {'non-2xx':>8} {'req/fsync':>10}")
+print(f"{'target':17} {'req/s':>24} {'p50 ms':>8} {'p99 ms':>8} {'proxy CPU us/req':>17} {'of it system':>13} {'non-2xx':>8} {'req/fsync':>10}")
 med={}
 cpu_med={}
 sys_med={}
@@ -376,7 +415,7 @@ serial=[x for x in rows if x[0]=="serial"]
 rows=[x for x in rows if x[0]!="serial"]
 summary={"non2xx": sum(int(x[7]) for x in rows), "rss_mib": int(sys.argv[2])/1024, "open_p99_ms": {}}
 p99_med={}
-for t in ("direct","nginx","haproxy","gateway","shared","shared+lim","single","haproxy-fresh","gateway-lua"):
+for t in ("direct","nginx","haproxy","gateway","gateway-tmpfs","shared","shared+lim","single","haproxy-fresh","gateway-lua","single-paced","gateway-lua-paced"):
     r=[x for x in rows if x[0]=="closed" and x[1]==t]
     if not r: continue
     rps=[float(x[3]) for x in r]; cpu=[float(x[6]) for x in r if x[6]!="-"]
@@ -386,7 +425,7 @@ for t in ("direct","nginx","haproxy","gateway","shared","shared+lim","single","h
     sysl=[float(x[9]) for x in r if len(x) > 9 and x[9] != "-"]
     syn=[float(x[10]) for x in r if len(x) > 10 and x[10] != "-"]
     if sysl: sys_med[t]=statistics.median(sysl)
-    print(f"{t:13} {statistics.median(rps):>10.0f} [{min(rps):.0f}-{max(rps):.0f}] "
+    print(f"{t:17} {statistics.median(rps):>10.0f} [{min(rps):.0f}-{max(rps):.0f}] "
           f"{statistics.median([ms(x[4]) for x in r]):>8.3f} {statistics.median([ms(x[5]) for x in r]):>8.3f} "
           f"{(statistics.median(cpu) if cpu else float('nan')):>17.1f} "
           f"{(statistics.median(sysl) if sysl else float('nan')):>13.1f} {sum(int(x[7]) for x in r):>8} "
@@ -426,14 +465,14 @@ if serial:
 op=[x for x in rows if x[0].startswith("open@")]
 if op:
     print("\nopen loop (oha, latency-corrected): median of the reps")
-    print(f"{'rate':6} {'target':10} {'req/s':>8} {'p50':>10} {'p99':>10} {'p99.9':>10} {'non-2xx':>8}")
+    print(f"{'rate':6} {'target':13} {'req/s':>8} {'p50':>10} {'p99':>10} {'p99.9':>10} {'non-2xx':>8}")
     for rate in ("1000","5000"):
-        for t in ("direct","nginx","haproxy","gateway","shared","shared+lim"):
+        for t in ("direct","nginx","haproxy","gateway","gateway-tmpfs","shared","shared+lim"):
             r=[x for x in op if x[0]==f"open@{rate}" and x[1]==t]
             if not r: continue
             m=lambda i: statistics.median([ms(x[i]) for x in r])
             summary["open_p99_ms"][f"{t}@{rate}"]=m(5)
-            print(f"{rate:6} {t:10} {statistics.median([float(x[3]) for x in r]):>8.0f} {m(4):>8.3f}ms {m(5):>8.3f}ms {m(6):>8.3f}ms {sum(int(x[7]) for x in r):>8}")
+            print(f"{rate:6} {t:13} {statistics.median([float(x[3]) for x in r]):>8.0f} {m(4):>8.3f}ms {m(5):>8.3f}ms {m(6):>8.3f}ms {sum(int(x[7]) for x in r):>8}")
 print(f"\npeak RSS: gateway {int(sys.argv[2])/1024:.1f} MiB, nginx worker {int(sys.argv[3])/1024:.1f} MiB")
 print(f"peak RSS after the single-use runs: gateway {int(sys.argv[4])/1024:.1f} MiB "
       "(the replay memory keeps every accepted jti until its token expires)")
@@ -499,6 +538,10 @@ if "single" in cpu and "gateway" in cpu:
         if "gateway-lua" in cpu:
             print(f"          (against the reusable row with the same wrk script: "
                   f"{cpu['single'] - cpu['gateway-lua'] - sig:+.1f} us besides the signature)")
+        if "single-paced" in cpu and "gateway-lua-paced" in cpu:
+            a, b = cpu["single-paced"], cpu["gateway-lua-paced"]
+            print(f"          at one rate (paced, {rps['single-paced']:.0f} and {rps['gateway-lua-paced']:.0f} req/s): "
+                  f"{a:.1f} against {b:.1f} us, {a - b - sig:+.1f} us besides the signature")
         su = s.get("sys_us", {})
         if "single" in su and "gateway" in su:
             user_extra = (cpu["single"] - su["single"]) - (cpu["gateway"] - su["gateway"]) - sig
@@ -518,12 +561,18 @@ if "gateway" in cpu and "nginx" in cpu:
     d = cpu["gateway"] - cpu["nginx"]
     line("proxy CPU per request <= nginx + 8 us", d <= 8,
          f"{cpu['gateway']:.1f} against {cpu['nginx']:.1f} us ({d:+.1f} us)")
+    if "gateway-tmpfs" in cpu:
+        t = cpu["gateway-tmpfs"]
+        print(f"          the disk's part: {cpu['gateway'] - t:+.1f} us (the same gateway with its trail on tmpfs: "
+              f"{t:.1f} us, {t - cpu['nginx']:+.1f} over nginx, {rps['gateway-tmpfs'] / rps['nginx']:.2f} x its throughput)")
 if "gateway@5000" in p99 and "nginx@5000" in p99:
     if sys.argv[2]:
         f99 = float(sys.argv[2]) / 1000
         allow = p99["nginx@5000"] + 2 * f99
         line("open-loop p99 at 5 000 req/s <= nginx p99 + 2 x disk fsync p99", p99["gateway@5000"] <= allow,
              f"{p99['gateway@5000']:.2f} ms against {p99['nginx@5000']:.2f} + 2 x {f99:.2f} ms")
+        if "gateway-tmpfs@5000" in p99:
+            print(f"          the disk's part: the trail on tmpfs gives {p99['gateway-tmpfs@5000']:.2f} ms")
     else:
         print("  ?       open-loop p99 at 5 000 req/s: no disk fsync p99 (the audit_fsync bench failed)")
 line("peak RSS under load <= 30 MiB", s["rss_mib"] <= 30, f"{s['rss_mib']:.1f} MiB")
