@@ -240,11 +240,26 @@ pub struct ReplayCache {
     /// the expired ones are swept.
     held: AtomicU64,
     limit: u64,
+    /// The second the whole memory was last swept, and how many sweeps
+    /// ran. Expiry is counted in whole seconds, so a second sweep within
+    /// one second finds nothing new (at most a token reserved in the
+    /// second after it expired, which then waits for the next second's
+    /// sweep: one second in which a full memory refuses, never admits,
+    /// more). A full memory costs one sweep a second, not one per refused
+    /// request.
+    swept: Mutex<Swept>,
 }
 
-fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
-    // Every change to a shard completes before its lock is let go, and
-    // nothing in them panics: a poisoned shard is used as it is.
+#[derive(Default)]
+struct Swept {
+    second: Option<i64>,
+    sweeps: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every change to a shard (or the sweep's second) completes before its
+    // lock is let go, and nothing in them panics: a poisoned one is used
+    // as it is.
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -260,6 +275,7 @@ impl ReplayCache {
             hash_lo: RandomState::new(),
             held: AtomicU64::new(0),
             limit,
+            swept: Mutex::new(Swept::default()),
         }
     }
 
@@ -347,8 +363,16 @@ impl ReplayCache {
         Err(ReplayError::Full)
     }
 
-    /// Drops every entry whose token has expired, shard by shard.
+    /// Drops every entry whose token has expired, shard by shard, unless
+    /// that was done already this second. Requests that find the memory
+    /// full at once wait for the one sweep, then find it done.
     fn sweep(&self, now: i64) {
+        let mut last = lock(&self.swept);
+        if last.second.is_some_and(|s| s >= now) {
+            return;
+        }
+        last.second = Some(now);
+        last.sweeps += 1;
         for s in &self.shards {
             let gone = lock(s).sweep(now);
             self.held.fetch_sub(gone as u64, Ordering::SeqCst);
@@ -616,6 +640,38 @@ mod tests {
             c.reserve_key(k("live"), now + 60, now, false),
             Err(ReplayError::Replayed)
         );
+    }
+
+    /// A full memory sweeps itself once a second, however many requests
+    /// it refuses: each sweep visits every entry, and one per refused
+    /// request would make a full memory cost every caller a millisecond.
+    #[test]
+    fn a_full_memory_is_swept_once_a_second_not_once_a_request() {
+        let c = ReplayCache::new(500);
+        let now = crate::common::now_s();
+        let k = |j: String| c.key("i", &j);
+        // One of them can be accepted until `now` only.
+        assert!(c.reserve_key(k("short".into()), now, now, false).is_ok());
+        for i in 1..500 {
+            assert!(
+                c.reserve_key(k(format!("live-{i}")), now + 60, now, false)
+                    .is_ok()
+            );
+        }
+        let sweeps = || c.swept.lock().unwrap().sweeps;
+        for i in 0..1000 {
+            assert_eq!(
+                c.reserve_key(k(format!("new-{i}")), now + 60, now, false),
+                Err(ReplayError::Full)
+            );
+        }
+        assert_eq!(sweeps(), 1);
+        // The next second sweeps again, and what expired by then leaves.
+        assert!(
+            c.reserve_key(k("later".into()), now + 60, now + 1, false)
+                .is_ok()
+        );
+        assert_eq!(sweeps(), 2);
     }
 
     /// At most 48 bytes per remembered jti: what the pages and directories
