@@ -35,16 +35,7 @@ fn tokens(c: &mut Criterion) {
         // The signature alone, as `verify_fully` checks it (jsonwebtoken's
         // crypto with aws-lc): what a fresh token must cost on top of a
         // reused one, and nothing more (bench/run.sh reads this row).
-        let key = {
-            use jsonwebtoken::{AlgorithmFamily, DecodingKey};
-            let pem = k.public_pem.as_bytes();
-            match batch_gateway::authn::keys::family_of(alg) {
-                AlgorithmFamily::Ed => DecodingKey::from_ed_pem(pem),
-                AlgorithmFamily::Ec => DecodingKey::from_ec_pem(pem),
-                _ => DecodingKey::from_rsa_pem(pem),
-            }
-            .unwrap()
-        };
+        let key = support::decoding_key(&k);
         let (message, signature) = cold.rsplit_once('.').unwrap();
         assert!(jsonwebtoken::crypto::verify(signature, message.as_bytes(), &key, alg).unwrap());
         c.bench_function(&format!("signature check {alg:?} alone"), |b| {

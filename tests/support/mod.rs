@@ -991,16 +991,21 @@ pub fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_batch-gateway"))
 }
 
-/// The public JWK of `key`, with `kid`.
-pub fn jwk(key: &SigningKey, kid: &str) -> Value {
+/// `key`'s public key, as jsonwebtoken checks signatures with it.
+pub fn decoding_key(key: &SigningKey) -> jsonwebtoken::DecodingKey {
     use jsonwebtoken::{AlgorithmFamily, DecodingKey};
     let pem = key.public_pem.as_bytes();
-    let dk = match batch_gateway::authn::keys::family_of(key.alg) {
+    match batch_gateway::authn::keys::family_of(key.alg) {
         AlgorithmFamily::Ed => DecodingKey::from_ed_pem(pem),
         AlgorithmFamily::Ec => DecodingKey::from_ec_pem(pem),
         _ => DecodingKey::from_rsa_pem(pem),
     }
-    .unwrap();
+    .unwrap()
+}
+
+/// The public JWK of `key`, with `kid`.
+pub fn jwk(key: &SigningKey, kid: &str) -> Value {
+    let dk = decoding_key(key);
     let mut j = jsonwebtoken::jwk::Jwk::from_decoding_key(&dk, Some(key.alg)).unwrap();
     j.common.key_id = Some(kid.to_string());
     serde_json::to_value(j).unwrap()
