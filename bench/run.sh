@@ -248,11 +248,8 @@ function delay()
 end
 LUA
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-sys_ticks() { awk '{print $15}' "/proc/$1/stat"; }
 PERF_SYNCS=""
 command -v perf >/dev/null && perf stat -e syscalls:sys_enter_fdatasync true >/dev/null 2>&1 && PERF_SYNCS=1
-HZ=$(getconf CLK_TCK)
 
 # target name -> URL, the proxy PID to account CPU to (none for direct)
 declare -A URL=( [direct]="https://127.0.0.1:$STUB/2.8/campaigns/delete"
@@ -277,7 +274,6 @@ RESULTS="$W/results.tsv"
 : > "$RESULTS"
 closed() { # target rep
   local t=$1 pid=${PID[$1]} before=0 after=0
-  [ -n "$pid" ] && before=$(cpu_ticks "$pid")
   local prof=""
   if [ "${PROFILE:-0}" = 1 ] && [ "$t" = gateway ] && [ "$2" = "$REPS" ]; then
     # Software clock sampling (hardware counters may be unavailable here).

@@ -41,8 +41,6 @@ NGX_WORKERS=$(pgrep -P "$(cat "$W/proxy/nginx.pid")" | tr '\n' ' ')
 [ "$(echo $NGX_WORKERS | wc -w)" = 2 ] || { echo "nginx did not start two workers" >&2; exit 1; }
 THREADS=$(ls "/proc/$G2_PID/task" | wc -l)
 
-HZ=$(getconf CLK_TCK)
-ticks() { local n=0; for p in "$@"; do n=$((n + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $n; }
 declare -A URL=( [nginx-2w]="http://127.0.0.1:$NGX/2.8/campaigns/delete"
                  [gateway-2cpu]="http://127.0.0.1:$G2/2.8/campaigns/delete"
                  [gateway-1cpu]="http://127.0.0.1:$G1/2.8/campaigns/delete" )
@@ -53,12 +51,12 @@ for rep in $(seq "$REPS"); do
   for rate in $RATES; do
     for t in nginx-2w gateway-2cpu gateway-1cpu; do
       # shellcheck disable=SC2086
-      b=$(ticks ${WHO[$t]})
+      b=$(cpu_ticks ${WHO[$t]})
       out=$("$OHA_BIN" --no-tui -z "${SECS}s" -w -q "$rate" --latency-correction -c 32 -m POST \
         -H "Content-Type: application/json" -H "Authorization: Bearer $TOKEN" -d "$BODY" \
         --output-format json "${URL[$t]}")
       # shellcheck disable=SC2086
-      a=$(ticks ${WHO[$t]})
+      a=$(cpu_ticks ${WHO[$t]})
       echo "$out" | python3 -c "
 import json, sys
 d = json.load(sys.stdin); c = d.get('statusCodeDistribution', {})

@@ -20,6 +20,12 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
 trap cleanup EXIT
 
+# CPU time of processes, in clock ticks of HZ a second: user + system,
+# summed over every PID given; and system alone, of one.
+HZ=$(getconf CLK_TCK)
+cpu_ticks() { local n=0 p; for p in "$@"; do n=$((n + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$n"; }
+sys_ticks() { awk '{print $15}' "/proc/$1/stat"; }
+
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 # Waits until 127.0.0.1:PORT accepts, up to TRIES x 0.1 s (default 300).
 wait_port() { for _ in $(seq "${2:-300}"); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
